@@ -1,0 +1,118 @@
+"""The kchat Faust app: declarations first, then the flows.
+
+    chatroom (keyed by room) --> route_by_user --> chatroom-by-user (keyed by user)
+                                                      --> count_messages --> table user_counts
+    chatroom --> Hub (every worker, every partition) --> SSE subscribers
+    HTTP POST --> Publisher (idempotent, acks=all) --> chatroom
+"""
+from __future__ import annotations
+
+import faust
+
+from .config import Settings
+from .fanout import Hub
+from .kafka_io import LogReader, Publisher
+from .models import decode_record
+
+settings = Settings.from_env()
+
+app = faust.App(
+    "kchat",
+    broker=settings.broker,
+    store="rocksdb://",
+    datadir=settings.datadir,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    producer_acks=-1,
+    # Other workers reach this one at this address to gather /stats/users.
+    web_host=settings.advertised_host,
+    web_application_options={"client_max_size": settings.max_body},
+    # Counting must see the whole log, also the part written before the first worker ran.
+    consumer_auto_offset_reset="earliest",
+)
+
+_topic_config = {"min.insync.replicas": str(settings.min_insync_replicas)}
+
+# internal=True makes Faust create the topic with these settings when it is missing:
+# brokers run with auto.create.topics.enable=false, so nothing else may create it.
+chat_topic = app.topic(
+    settings.topic,
+    key_serializer="raw",
+    value_serializer="raw",  # decoded by decode_record, which also accepts plain text lines
+    partitions=settings.partitions,
+    replicas=settings.replication_factor,
+    internal=True,
+    config=_topic_config,
+)
+
+
+class Counted(faust.Record, serializer="json", include_metadata=False):
+    """A message's author and its place in chatroom: the place makes counting idempotent."""
+
+    user: str
+    partition: int
+    offset: int
+
+
+by_user_topic = app.topic(
+    f"{settings.topic}-by-user",
+    key_type=str,
+    value_type=Counted,
+    partitions=settings.partitions,
+    replicas=settings.replication_factor,
+    internal=True,
+    config=_topic_config,
+)
+
+# value: {"count": n, "seen": {"<chatroom partition>": last counted offset}}
+user_counts = app.Table(
+    "user_counts",
+    default=None,
+    partitions=settings.partitions,
+    # rocksdict's defaults reserve GiBs of block cache per partition; counts are tiny.
+    options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
+             "max_write_buffer_number": 2},
+)
+
+publisher = Publisher(settings)
+reader = LogReader(settings)
+hub = Hub(settings, reader)
+app.service(publisher)
+app.service(hub)
+
+
+@app.agent(chat_topic)
+async def route_by_user(stream):
+    # Regroup by user so the table is co-partitioned with the stream that updates it.
+    async for event in stream.events():
+        m = event.message
+        msg = decode_record(event.value, m.partition, m.offset, int(m.timestamp * 1000),
+                            settings.default_room)
+        if msg is not None:
+            await by_user_topic.send(key=msg.user,
+                                     value=Counted(user=msg.user, partition=m.partition, offset=m.offset))
+
+
+@app.agent(by_user_topic)
+async def count_messages(stream):
+    # At-least-once delivery replays records after a crash or rebalance; the per-partition
+    # high-water mark kept with the count turns each replay into a no-op.
+    async for counted in stream:
+        state = user_counts.get(counted.user) or {"count": 0, "seen": {}}
+        key = str(counted.partition)
+        if counted.offset <= state["seen"].get(key, -1):
+            continue
+        user_counts[counted.user] = {"count": state["count"] + 1,
+                                     "seen": {**state["seen"], key: counted.offset}}
+
+
+def ready() -> dict[str, bool]:
+    recovery = app.tables.recovery
+    return {
+        "producer": publisher.connected,
+        "fanout": hub.ready,
+        "tables": recovery.completed.is_set() and not recovery.in_recovery,
+    }
+
+
+from . import views  # noqa: E402,F401  (registers the web pages on app)

@@ -1,0 +1,97 @@
+"""Settings from the environment: the names here are a contract with k8s/ and the README."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; raised at import so the worker refuses to start."""
+
+
+def _int(env: dict, name: str, default: int, low: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < low:
+        raise ConfigError(f"{name}={value} must be at least {low}")
+    return value
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be positive")
+    return value
+
+
+def kafka_servers(broker: str) -> str:
+    """'kafka://a:9092,b:9092' (Faust's form) -> 'a:9092,b:9092' (aiokafka's form)."""
+    hosts = []
+    for part in broker.split(","):
+        part = part.strip()
+        if "://" in part:
+            part = part.split("://", 1)[1]
+        if part:
+            hosts.append(part if ":" in part else f"{part}:9092")
+    return ",".join(hosts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "kafka://127.0.0.1:9092"
+    topic: str = "chatroom"
+    partitions: int = 12
+    replication_factor: int = 4
+    min_insync_replicas: int = 2
+    datadir: str = "kchat-data"
+    advertised_host: str = "127.0.0.1"
+    default_room: str = "lobby"
+    max_text: int = 4000
+    max_body: int = 64 * 1024
+    publish_timeout: float = 10.0
+    subscriber_buffer: int = 1000
+    keepalive: float = 15.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return kafka_servers(self.broker)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        rf = _int(env, "KCHAT_REPLICATION_FACTOR", cls.replication_factor)
+        # The default min ISR is 2, but a one-broker laptop (RF 1) can only ever have 1.
+        min_isr = _int(env, "KCHAT_MIN_INSYNC_REPLICAS", min(cls.min_insync_replicas, rf))
+        if min_isr > rf:
+            raise ConfigError(
+                f"KCHAT_MIN_INSYNC_REPLICAS={min_isr} is above KCHAT_REPLICATION_FACTOR={rf}: "
+                "every acks=all publish would fail"
+            )
+        broker = env.get("KCHAT_BROKER", "").strip() or cls.broker
+        if not kafka_servers(broker):
+            raise ConfigError(f"KCHAT_BROKER={broker!r} names no broker")
+        return cls(
+            broker=broker,
+            partitions=_int(env, "KCHAT_PARTITIONS", cls.partitions),
+            replication_factor=rf,
+            min_insync_replicas=min_isr,
+            datadir=env.get("KCHAT_DATADIR", "").strip() or cls.datadir,
+            advertised_host=env.get("KCHAT_ADVERTISED_HOST", "").strip() or cls.advertised_host,
+            default_room=env.get("KCHAT_DEFAULT_ROOM", "").strip() or cls.default_room,
+            max_text=_int(env, "KCHAT_MAX_TEXT", cls.max_text),
+            max_body=_int(env, "KCHAT_MAX_BODY", cls.max_body, low=1024),
+            publish_timeout=_float(env, "KCHAT_PUBLISH_TIMEOUT", cls.publish_timeout),
+            subscriber_buffer=_int(env, "KCHAT_SUBSCRIBER_BUFFER", cls.subscriber_buffer),
+            keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
+        )

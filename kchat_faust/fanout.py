@@ -1,0 +1,245 @@
+"""Fan-out: every worker reads the whole chat topic and pushes each record to its own subscribers.
+
+Faust agents share the app's consumer group, so N workers would each see 1/N of the
+partitions -- the seed's bug. The Hub instead runs one aiokafka consumer per worker that
+belongs to no group and is assigned every partition: each worker sees every record, so
+each subscriber gets every message of its room whichever worker it is connected to.
+
+Resume: a subscriber registers for live records first and remembers the hub's position
+in its room's partition at that moment; everything before that position is read back
+from Kafka (LogReader), everything after arrives live. Offsets order both, so the seam
+has no gap and no duplicate.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from contextlib import aclosing
+from typing import AsyncIterator
+
+import mode
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from .config import Settings
+from .kafka_io import LogReader, partition_for
+from .models import ChatMessage, decode_record, event_id, message_json
+
+log = logging.getLogger(__name__)
+MAX_HISTORY_SCAN = 200_000
+
+
+def sse_frame(event: str, data: str, id_: str) -> bytes:
+    # One "data:" line per text line: a newline inside a message cannot start a new field.
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"id: {id_}\nevent: {event}\n{lines}\n".encode()
+
+
+class Frames:
+    """A record rendered once per format, shared by every subscriber of its room."""
+
+    __slots__ = ("msg", "partition", "offset", "_native", "_compat")
+
+    def __init__(self, msg: ChatMessage, partition: int, offset: int) -> None:
+        self.msg, self.partition, self.offset = msg, partition, offset
+        self._native: bytes | None = None
+        self._compat: bytes | None = None
+
+    def render(self, compat: bool) -> bytes:
+        if compat:
+            if self._compat is None:
+                # The seed's event: name "test", data "<name>: <text>".
+                self._compat = sse_frame("test", f"{self.msg.user}: {self.msg.text}",
+                                         event_id(self.partition, self.offset))
+            return self._compat
+        if self._native is None:
+            data = json.dumps(message_json(self.msg, self.partition, self.offset),
+                              ensure_ascii=False, separators=(",", ":"))
+            self._native = sse_frame("message", data, event_id(self.partition, self.offset))
+        return self._native
+
+
+class Subscriber:
+    def __init__(self, room: str, partition: int, compat: bool, live_from: int, maxsize: int) -> None:
+        self.room = room
+        self.partition = partition
+        self.compat = compat
+        self.live_from = live_from  # first offset that will arrive through the queue
+        self.last_offset = -1  # last offset handed to the client
+        self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+        self.task: asyncio.Task | None = asyncio.current_task()
+
+    def offer(self, offset: int, frame: bytes) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait((offset, frame))
+        except asyncio.QueueFull:
+            # A slow client must not hold memory or slow the others: drop it; it can resume.
+            self.overflowed = True
+            if self.task is not None:
+                self.task.cancel()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Live frames, skipping any the catch-up already delivered."""
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            offset, frame = item
+            if offset > self.last_offset:
+                self.last_offset = offset
+                yield frame
+
+
+class Hub(mode.Service):
+    def __init__(self, settings: Settings, reader: LogReader, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.reader = reader
+        self.rooms: dict[str, set[Subscriber]] = defaultdict(set)
+        self.positions: dict[int, int] = {}  # partition -> next offset the hub will dispatch
+        self.ready = False
+        self.delivered = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.rooms.values())
+
+    def partition_for(self, room: str) -> int:
+        return partition_for(room, len(self.positions) or self.settings.partitions)
+
+    # -- subscribers ---------------------------------------------------------------
+    def subscribe(self, room: str, compat: bool = False) -> Subscriber:
+        partition = self.partition_for(room)
+        sub = Subscriber(room, partition, compat, self.positions.get(partition, 0),
+                         self.settings.subscriber_buffer)
+        self.rooms[room].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self.rooms.get(sub.room)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.rooms[sub.room]
+
+    def close_all(self) -> None:
+        for subs in list(self.rooms.values()):
+            for sub in subs:
+                sub.close()
+
+    async def catch_up(self, sub: Subscriber, after_offset: int) -> AsyncIterator[bytes]:
+        """Frames of sub's room from after_offset+1 up to where its live queue begins."""
+        records = self.reader.read(sub.partition, after_offset + 1, sub.live_from)
+        async with aclosing(records):
+            async for record in records:
+                msg = decode_record(record.value, record.partition, record.offset,
+                                    record.timestamp, self.settings.default_room)
+                if msg is None or msg.room != sub.room:
+                    continue
+                sub.last_offset = record.offset
+                yield Frames(msg, record.partition, record.offset).render(sub.compat)
+
+    async def recent(self, room: str, limit: int) -> list[dict]:
+        """The room's last `limit` messages, read back from Kafka, oldest first.
+
+        Rooms share partitions, so the scan walks back in growing windows until it has
+        enough, reaches the log start, or has looked at MAX_HISTORY_SCAN records.
+        """
+        partition = self.partition_for(room)
+        begin, end = await self.reader.bounds(partition)
+        stop = end
+        found: list[dict] = []
+        window = max(limit * 4, 256)
+        while stop > begin and len(found) < limit and end - stop < MAX_HISTORY_SCAN:
+            start = max(begin, stop - window)
+            chunk = []
+            records = self.reader.read(partition, start, stop)
+            async with aclosing(records):
+                async for r in records:
+                    msg = decode_record(r.value, r.partition, r.offset, r.timestamp,
+                                        self.settings.default_room)
+                    if msg is not None and msg.room == room:
+                        chunk.append(message_json(msg, r.partition, r.offset))
+            found = chunk + found
+            stop, window = start, window * 4
+        return found[-limit:]
+
+    # -- the reader -------------------------------------------------------------------
+    async def on_stop(self) -> None:
+        self.close_all()
+
+    @mode.Service.task
+    async def _read_forever(self) -> None:
+        while not self.should_stop:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                client_id="kchat-fanout",
+                group_id=None,  # no group: this worker is assigned every partition
+                enable_auto_commit=False,
+            )
+            try:
+                await consumer.start()
+                await self._assign(consumer)
+                await self._dispatch_loop(consumer)
+            except KafkaError as exc:
+                log.warning("fan-out reader: %s; reconnecting", exc)
+                self.ready = False
+                await self.sleep(1.0)
+            finally:
+                await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        topic = self.settings.topic
+        while not self.should_stop:
+            # A group-less consumer tracks no topic, so its own metadata cache never has ours.
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                break
+            log.info("fan-out reader: waiting for topic %r to exist", topic)
+            await self.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if self.positions:
+            # Reconnecting: continue where we were, so live subscribers miss nothing.
+            for tp in tps:
+                consumer.seek(tp, self.positions.get(tp.partition, 0))
+        else:
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                self.positions[tp.partition] = await consumer.position(tp)
+        self.ready = True
+        log.info("fan-out reader: assigned all %d partitions of %r", len(tps), topic)
+
+    async def _dispatch_loop(self, consumer: AIOKafkaConsumer) -> None:
+        default_room = self.settings.default_room
+        while not self.should_stop:
+            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+            for records in batches.values():
+                for record in records:
+                    self.positions[record.partition] = record.offset + 1
+                    # Only records of watched rooms are decoded beyond the cheap check.
+                    if not self.rooms:
+                        continue
+                    msg = decode_record(record.value, record.partition, record.offset,
+                                        record.timestamp, default_room)
+                    subs = self.rooms.get(msg.room) if msg is not None else None
+                    if not subs:
+                        continue
+                    frames = Frames(msg, record.partition, record.offset)
+                    for sub in list(subs):
+                        sub.offer(record.offset, frames.render(sub.compat))
+                    self.delivered += len(subs)

@@ -1,0 +1,153 @@
+"""The two plain aiokafka clients the web side needs beside Faust's own.
+
+Publisher: an idempotent acks=all producer, so a 2xx means the brokers have the message.
+LogReader: group-less consumers that read a range of one partition (resume, history).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import mode
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+_partitioner = DefaultPartitioner()
+
+
+def partition_for(room: str, partitions: int) -> int:
+    """The partition the producer's default partitioner picks for a room key."""
+    all_partitions = list(range(partitions))
+    return _partitioner(room.encode(), all_partitions, all_partitions)
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not answer in time: a publish is unconfirmed, a read incomplete (503)."""
+
+
+class Publisher(mode.Service):
+    def __init__(self, settings: Settings, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    @mode.Service.task
+    async def _connect(self) -> None:
+        # Brokers may come up after the worker: keep trying instead of crashing the worker.
+        delay = 0.5
+        while not self.should_stop:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                client_id="kchat-publisher",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=1,
+                request_timeout_ms=int(self.settings.publish_timeout * 1000),
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning("publisher: brokers unreachable (%s); retrying in %.1fs", exc, delay)
+                await self.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._producer = producer
+            log.info("publisher: connected to %s", self.settings.bootstrap_servers)
+            return
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            # stop() flushes what is still buffered before closing.
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, room: str, value: bytes) -> RecordMetadata:
+        if self._producer is None:
+            raise KafkaUnavailable("not connected to the Kafka brokers yet")
+        try:
+            return await asyncio.wait_for(
+                self._producer.send_and_wait(self.settings.topic, value, key=room.encode()),
+                self.settings.publish_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise KafkaUnavailable(
+                f"the brokers did not acknowledge within {self.settings.publish_timeout:g}s"
+            ) from None
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"the brokers refused the message ({exc.__class__.__name__})") from None
+
+
+class LogReader:
+    """Reads offset ranges of the chat topic with a small pool of group-less consumers."""
+
+    def __init__(self, settings: Settings, pool_size: int = 4) -> None:
+        self.settings = settings
+        self._idle: list[AIOKafkaConsumer] = []
+        self._slots = asyncio.Semaphore(pool_size)
+
+    @asynccontextmanager
+    async def _consumer(self) -> AsyncIterator[AIOKafkaConsumer]:
+        async with self._slots:
+            consumer = self._idle.pop() if self._idle else None
+            if consumer is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                    client_id="kchat-reader",
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                )
+                await consumer.start()
+            ok = False
+            try:
+                yield consumer
+                ok = True
+            finally:
+                if ok:
+                    self._idle.append(consumer)
+                else:
+                    await consumer.stop()
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().stop()
+
+    async def bounds(self, partition: int) -> tuple[int, int]:
+        tp = TopicPartition(self.settings.topic, partition)
+        async with self._consumer() as consumer:
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+        return begin, end
+
+    async def read(self, partition: int, start: int, stop: int,
+                   timeout: float = 30.0) -> AsyncIterator[ConsumerRecord]:
+        """Records with start <= offset < stop; from the log start if start is gone."""
+        if start >= stop:
+            return
+        tp = TopicPartition(self.settings.topic, partition)
+        deadline = time.monotonic() + timeout
+        async with self._consumer() as consumer:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < stop:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"reading partition {partition} did not finish within {timeout:g}s")
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=1000)
+                for record in batch.get(tp, ()):
+                    if record.offset >= stop:
+                        return
+                    yield record

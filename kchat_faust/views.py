@@ -1,0 +1,213 @@
+"""HTTP: thin views over the Publisher, the Hub and the counts table."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import ClientError, ClientTimeout, web
+from aiohttp_sse import sse_response
+from faust.web import View
+
+from .app import app, hub, publisher, ready, settings, user_counts
+from .kafka_io import KafkaUnavailable
+from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
+
+log = logging.getLogger(__name__)
+MAX_HISTORY = 500
+
+
+def error(status: int, message: str, **extra) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every refusal, also aiohttp's own (404, 405, 413), answers with a JSON body."""
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        return error(400, exc.message, field=exc.field)
+    except KafkaUnavailable as exc:
+        return error(503, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.text if exc.status == 413 else exc.reason
+        return error(exc.status, reason or "error")
+
+
+async def close_streams(_web_app: web.Application) -> None:
+    # Without this, aiohttp waits up to 60 s per open event stream before it stops.
+    hub.close_all()
+
+
+app.web.web_app.middlewares.append(json_errors)
+app.web.web_app.on_shutdown.append(close_streams)
+
+
+async def read_text_body(request: web.Request) -> str:
+    raw = await request.read()  # aiohttp refuses bodies above client_max_size with 413
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("body", "is not valid UTF-8") from None
+
+
+async def store(room: str, user, text) -> dict:
+    """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input."""
+    msg = new_message(room, user, text, settings.max_text)
+    meta = await publisher.publish(room, msg.dumps())
+    return message_json(msg, meta.partition, meta.offset)
+
+
+# -- publish -------------------------------------------------------------------------
+@app.page("/api/rooms/{room}/messages")
+class RoomMessages(View):
+    async def post(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        if request.content_type != "application/json":
+            return error(415, "Content-Type must be application/json")
+        try:
+            body = json.loads(await read_text_body(request))
+        except json.JSONDecodeError as exc:
+            return error(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
+        if not isinstance(body, dict):
+            return error(400, 'body must be a JSON object {"user": ..., "text": ...}')
+        unknown = sorted(set(body) - {"user", "text"})
+        if unknown:
+            return error(400, f"unknown field(s): {', '.join(unknown)}")
+        for field in ("user", "text"):
+            if field not in body:
+                raise ValidationError(field, "is required")
+        stored = await store(room, body["user"], body["text"])
+        return web.json_response(stored, status=201)
+
+    async def get(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        raw = request.query.get("limit", "50")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_HISTORY:
+            raise ValidationError("limit", f"must be a whole number from 1 to {MAX_HISTORY}")
+        return web.json_response({"room": room, "messages": await hub.recent(room, limit)})
+
+
+@app.page("/api/topics/{topic}")
+class SeedPublish(View):
+    """The seed's publish server: text/plain "<name>: <text>" to the chatroom topic."""
+
+    async def post(self, request: web.Request, topic: str) -> web.Response:
+        if topic != settings.topic:
+            return error(404, f"unknown topic {topic!r}; only {settings.topic!r} exists")
+        if request.content_type not in ("text/plain", "application/octet-stream"):
+            return error(415, "Content-Type must be text/plain")
+        user, text = parse_compat_body(await read_text_body(request))
+        stored = await store(settings.default_room, user, text)
+        return web.Response(status=200, headers={"X-Kchat-Event-Id": stored["event_id"]})
+
+
+@app.page("/api/system/echo")
+class Echo(View):
+    async def get(self, request: web.Request) -> web.Response:
+        return web.Response(text="I'm working...")
+
+
+# -- subscribe ------------------------------------------------------------------------
+async def stream_events(request: web.Request, room: str, compat: bool) -> web.StreamResponse:
+    token = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    after = parse_event_id(token) if token else None
+    if not hub.ready:
+        return error(503, "the fan-out reader is not connected to Kafka yet; retry shortly")
+    sub = hub.subscribe(room, compat=compat)
+    try:
+        if after is not None and after[0] != sub.partition:
+            raise ValidationError("last_event_id", f"{token!r} does not belong to room {room!r}")
+        async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as resp:
+            resp.ping_interval = settings.keepalive
+            if after is not None:
+                async for frame in hub.catch_up(sub, after[1]):
+                    await resp.write(frame)
+            async for frame in sub.frames():
+                await resp.write(frame)
+        return resp
+    except asyncio.CancelledError:
+        if sub.overflowed:
+            log.info("disconnected a slow subscriber of room %r (buffer of %d full)",
+                     room, settings.subscriber_buffer)
+        raise
+    finally:
+        hub.unsubscribe(sub)
+
+
+@app.page("/api/rooms/{room}/events")
+class RoomEvents(View):
+    async def get(self, request: web.Request, room: str) -> web.StreamResponse:
+        return await stream_events(request, check_room(room), compat=False)
+
+
+@app.page("/sse/connect")
+class SeedEvents(View):
+    """The seed's subscribe server: every message of the default room as event "test"."""
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        return await stream_events(request, settings.default_room, compat=True)
+
+
+# -- per-user counts ------------------------------------------------------------------
+def local_counts() -> dict[str, int]:
+    # items() covers only the partitions this worker holds actively: no double counting.
+    return {user: state["count"] for user, state in user_counts.items() if state}
+
+
+async def gather_counts() -> dict[str, int]:
+    counts = local_counts()
+    me = str(app.conf.canonical_url).rstrip("/")
+    others = [url.rstrip("/") for url, parts in app.router.table_metadata(user_counts.name).items()
+              if url.rstrip("/") != me and any(parts.values())]
+
+    async def fetch(url: str) -> dict[str, int]:
+        try:
+            async with app.http_client.get(f"{url}/stats/users", params={"scope": "local"},
+                                           timeout=ClientTimeout(total=5)) as r:
+                if r.status != 200:
+                    raise KafkaUnavailable(f"worker {url} answered {r.status} for its counts")
+                return (await r.json())["users"]
+        except (ClientError, asyncio.TimeoutError) as exc:
+            raise KafkaUnavailable(f"worker {url} did not give its counts ({exc.__class__.__name__})") from None
+
+    for part in await asyncio.gather(*(fetch(u) for u in others)):
+        counts.update(part)
+    return counts
+
+
+@app.page("/stats/users")
+class UserStats(View):
+    async def get(self, request: web.Request) -> web.Response:
+        if request.query.get("scope") == "local":
+            return web.json_response({"users": local_counts()})
+        return web.json_response({"users": await gather_counts()})
+
+
+@app.page("/stats/users/{user}")
+class OneUserStats(View):
+    async def get(self, request: web.Request, user: str) -> web.Response:
+        counts = await gather_counts()
+        return web.json_response({"user": user, "count": counts.get(user, 0)})
+
+
+# -- health ----------------------------------------------------------------------------
+@app.page("/healthz")
+class Health(View):
+    async def get(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+@app.page("/readyz")
+class Ready(View):
+    async def get(self, request: web.Request) -> web.Response:
+        checks = ready()
+        return web.json_response({"ready": all(checks.values()), **checks},
+                                 status=200 if all(checks.values()) else 503)
