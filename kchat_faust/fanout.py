@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import defaultdict
 from contextlib import aclosing
 from typing import AsyncIterator
@@ -31,9 +32,14 @@ log = logging.getLogger(__name__)
 MAX_HISTORY_SCAN = 200_000
 
 
+# Only CR, LF and CRLF end an SSE line; str.splitlines() would also split on U+2028 and kin,
+# which JSON leaves unescaped inside strings.
+_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def sse_frame(event: str, data: str, id_: str) -> bytes:
     # One "data:" line per text line: a newline inside a message cannot start a new field.
-    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    lines = "".join(f"data: {line}\n" for line in _SSE_LINE_BREAK.split(data))
     return f"id: {id_}\nevent: {event}\n{lines}\n".encode()
 
 

@@ -32,7 +32,7 @@ async def test_post_then_event_round_trip(kchat_worker, client):
 
 async def test_text_that_looks_like_sse_fields_arrives_as_one_event(kchat_worker, client):
     room = unique("inject")
-    text = "line one\ndata: x\nid: 9\n\nevent: evil\r\nlast"
+    text = "line one\ndata: x\nid: 9\n\nevent: evil\r\nlast\u2028sep\u0085end"
     listener = await Listener(kchat_worker.url, room).start()
     await post(client, kchat_worker.url, room, "mallory", text)
     await post(client, kchat_worker.url, room, "mallory", "after")

@@ -1,0 +1,55 @@
+# Entry points: `make run` (local Kafka + one worker) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 6066
+KAFKA := scripts/kafka-local
+
+.PHONY: help setup tools run down test test-quick bench clean
+
+help:
+	@echo "make run     start a local Kafka (one broker) and a kchat worker on port $(PORT)"
+	@echo "make test    install everything and run the test suite against real Kafka"
+	@echo "make down    stop the local Kafka started by make run"
+	@echo "make bench   run the benchmarks (prints figures; never fails on timing)"
+
+# Java 17+ and Maven run Kafka; Debian's packages where the machine lacks them.
+tools:
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing Java and Maven from Debian's packages"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+setup: tools $(VENV)/.installed
+	@$(KAFKA) fetch >/dev/null
+
+run: setup
+	@$(KAFKA) status >/dev/null 2>&1 || $(KAFKA) up
+	@echo
+	@echo "kchat: worker on http://127.0.0.1:$(PORT) (Ctrl-C stops it; 'make down' stops Kafka)"
+	@echo "  post:    curl -s -XPOST -H 'Content-Type: application/json' -d '{\"user\":\"alice\",\"text\":\"hi\"}' http://127.0.0.1:$(PORT)/api/rooms/lobby/messages"
+	@echo "  listen:  curl -N http://127.0.0.1:$(PORT)/api/rooms/lobby/events"
+	@echo "  chat:    $(VENV)/bin/kchat-cli chat --user alice"
+	@echo "  counts:  curl -s http://127.0.0.1:$(PORT)/stats/users"
+	@echo
+	KCHAT_BROKER=kafka://$$($(KAFKA) bootstrap) KCHAT_REPLICATION_FACTOR=1 KCHAT_DATADIR=.kafka-local/kchat-data \
+	  $(VENV)/bin/faust -A kchat_faust worker -l info --web-port $(PORT)
+
+down:
+	@$(KAFKA) down
+
+test: setup
+	@scripts/install-kustomize >/dev/null
+	$(PY) -m pytest -ra
+
+bench: setup
+	$(PY) bench/kafka_up.py
+
+clean:
+	rm -rf $(VENV) .kafka-local .pytest_cache
