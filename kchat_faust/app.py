@@ -115,4 +115,4 @@ def ready() -> dict[str, bool]:
     }
 
 
-from . import views  # noqa: E402,F401  (registers the web pages on app)
+from . import views, page  # noqa: E402,F401  (registers the web pages on app)

@@ -1,0 +1,295 @@
+// kchat browser client: history, live messages over EventSource with resume, send, counts.
+// Message data only ever reaches the DOM through textContent: never through innerHTML.
+"use strict";
+
+(function () {
+  const HISTORY = 50;
+  const STATS_EVERY_MS = 3000;
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 5000;
+  const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    join: $("join"), user: $("user"), room: $("room"), joinError: $("join-error"),
+    chat: $("chat"), where: $("where"), state: $("state"), leave: $("leave"),
+    messages: $("messages"), send: $("send"), text: $("text"), sendButton: $("send-button"),
+    error: $("error"), users: $("users"), usersNote: $("users-note"),
+  };
+
+  // One joined room at a time; callbacks of an older session check `session !== s` and stop.
+  let session = null;
+
+  function setState(state) {
+    ui.state.textContent = state;
+    ui.state.dataset.state = state;
+  }
+
+  function roomUrl(room, tail) {
+    return "/api/rooms/" + encodeURIComponent(room) + tail;
+  }
+
+  function eventOffset(msg) {
+    return Number(msg.offset);
+  }
+
+  // -- messages --------------------------------------------------------------------------
+  function renderMessage(s, msg) {
+    const li = document.createElement("li");
+    li.className = "message";
+    if (msg.user === s.user) li.classList.add("own");
+    li.dataset.eventId = msg.event_id;
+    li.dataset.offset = String(msg.offset);
+
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const who = document.createElement("span");
+    who.className = "user";
+    who.textContent = msg.user;
+    const when = document.createElement("time");
+    when.className = "sent";
+    when.dateTime = msg.sent_at;
+    const sent = new Date(msg.sent_at);
+    when.textContent = isNaN(sent) ? "" : sent.toLocaleTimeString();
+    meta.append(who, when);
+    if (msg.user === s.user) {
+      const you = document.createElement("span");
+      you.className = "you";
+      you.textContent = "you";
+      meta.append(you);
+    }
+
+    const text = document.createElement("div");
+    text.className = "text";
+    text.textContent = msg.text;
+    li.append(meta, text);
+    return li;
+  }
+
+  // Adds a message once, in log order. Returns false for one already shown.
+  function addMessage(s, msg) {
+    if (!msg || typeof msg.event_id !== "string") return false;
+    const offset = eventOffset(msg);
+    if (!Number.isFinite(offset)) return false;
+    if (s.seenIds.has(msg.event_id) || s.seenOffsets.has(offset)) return false;
+    s.seenIds.add(msg.event_id);
+    s.seenOffsets.add(offset);
+
+    const li = renderMessage(s, msg);
+    const list = ui.messages;
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    // A room lives in one partition, so its offsets order it. New messages go last;
+    // only a history merged after the stream opened can land in between.
+    let before = null;
+    for (let node = list.lastElementChild; node; node = node.previousElementSibling) {
+      if (Number(node.dataset.offset) < offset) break;
+      before = node;
+    }
+    list.insertBefore(li, before);
+    if (atBottom || msg.user === s.user) list.scrollTop = list.scrollHeight;
+    return true;
+  }
+
+  // The resume point only moves forward, and only for what came from the log itself
+  // (history or stream): everything up to it has been shown.
+  function advance(s, msg) {
+    const offset = eventOffset(msg);
+    if (s.lastOffset === null || offset > s.lastOffset) {
+      s.lastOffset = offset;
+      s.lastEventId = msg.event_id;
+    }
+  }
+
+  async function loadHistory(s) {
+    const r = await fetch(roomUrl(s.room, "/messages?limit=" + HISTORY), { cache: "no-store" });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.error || "history: HTTP " + r.status);
+    return Array.isArray(body.messages) ? body.messages : [];
+  }
+
+  // -- live stream -----------------------------------------------------------------------
+  function connect(s) {
+    if (session !== s) return;
+    let url = roomUrl(s.room, "/events");
+    if (s.lastEventId) url += "?last_event_id=" + encodeURIComponent(s.lastEventId);
+    const resumed = Boolean(s.lastEventId);
+    const es = new EventSource(url);
+    s.source = es;
+
+    es.addEventListener("open", () => {
+      if (session !== s || s.source !== es) return;
+      s.backoff = BACKOFF_MIN_MS;
+      setState("connected");
+      if (!resumed) {
+        // Opened without a resume point (the room had no history): anything posted between
+        // the history request and this subscription is read back now; duplicates are dropped.
+        loadHistory(s).then((msgs) => {
+          if (session !== s) return;
+          for (const m of msgs) { addMessage(s, m); advance(s, m); }
+        }).catch(() => { /* the stream itself is up; nothing to report */ });
+      }
+    });
+
+    es.addEventListener("message", (ev) => {
+      if (session !== s || s.source !== es) return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      addMessage(s, msg);
+      advance(s, msg);
+    });
+
+    es.addEventListener("error", () => {
+      if (session !== s || s.source !== es) return;
+      // Do not rely on the browser's own retry: close, wait, and resume from what we saw.
+      es.close();
+      s.source = null;
+      setState("reconnecting");
+      const wait = s.backoff * (0.75 + Math.random() * 0.5);
+      s.backoff = Math.min(s.backoff * 2, BACKOFF_MAX_MS);
+      s.retryTimer = setTimeout(() => connect(s), wait);
+    });
+  }
+
+  // -- per-user counts -------------------------------------------------------------------
+  async function refreshStats(s) {
+    if (session !== s) return;
+    try {
+      const r = await fetch("/stats/users", { cache: "no-store" });
+      const body = await r.json().catch(() => ({}));
+      if (session !== s) return;
+      if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
+      renderStats(body.users || {});
+      ui.usersNote.textContent = "";
+    } catch (err) {
+      if (session === s) ui.usersNote.textContent = "counts unavailable: " + err.message;
+    } finally {
+      if (session === s) s.statsTimer = setTimeout(() => refreshStats(s), STATS_EVERY_MS);
+    }
+  }
+
+  function renderStats(users) {
+    const rows = Object.entries(users).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+    const items = rows.map(([name, count]) => {
+      const li = document.createElement("li");
+      li.dataset.user = name;
+      if (session && name === session.user) li.classList.add("own");
+      const n = document.createElement("span");
+      n.className = "user";
+      n.textContent = name;
+      const c = document.createElement("span");
+      c.className = "count";
+      c.textContent = String(count);
+      li.append(n, c);
+      return li;
+    });
+    ui.users.replaceChildren(...items);
+  }
+
+  // -- sending ---------------------------------------------------------------------------
+  async function send(s) {
+    const text = ui.text.value;
+    ui.error.textContent = "";
+    ui.sendButton.disabled = true;
+    try {
+      const r = await fetch(roomUrl(s.room, "/messages"), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user: s.user, text }),
+      });
+      if (session !== s) return;
+      if (r.status === 201) {
+        // The message is shown when the stream delivers it, in log order.
+        if (ui.text.value === text) ui.text.value = "";
+        return;
+      }
+      const body = await r.json().catch(() => ({}));
+      const reason = body.error || "HTTP " + r.status;
+      ui.error.textContent = body.field ? body.field + ": " + reason : reason;
+    } catch (_) {
+      if (session === s) ui.error.textContent = "could not reach the server; try again";
+    } finally {
+      ui.sendButton.disabled = false;
+      ui.text.focus();
+    }
+  }
+
+  // -- joining and leaving -----------------------------------------------------------------
+  async function join(user, room) {
+    leave();
+    const s = {
+      user, room, source: null, retryTimer: null, statsTimer: null,
+      backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null,
+      seenIds: new Set(), seenOffsets: new Set(),
+    };
+    session = s;
+    ui.messages.replaceChildren();
+    ui.users.replaceChildren();
+    ui.error.textContent = "";
+    ui.joinError.textContent = "";
+    ui.where.textContent = user + " in " + room;
+    ui.join.hidden = true;
+    ui.chat.hidden = false;
+    ui.leave.hidden = false;
+    setState("connecting");
+    try { localStorage.setItem("kchat.user", user); localStorage.setItem("kchat.room", room); } catch (_) { /* private mode */ }
+
+    refreshStats(s);
+    let history = [];
+    try {
+      history = await loadHistory(s);
+    } catch (err) {
+      if (session === s) ui.error.textContent = "could not load history: " + err.message;
+    }
+    if (session !== s) return;
+    for (const m of history) { addMessage(s, m); advance(s, m); }
+    ui.messages.scrollTop = ui.messages.scrollHeight;
+    connect(s);
+    ui.text.focus();
+  }
+
+  function leave() {
+    const s = session;
+    session = null;
+    if (!s) return;
+    if (s.source) s.source.close();
+    clearTimeout(s.retryTimer);
+    clearTimeout(s.statsTimer);
+    ui.chat.hidden = true;
+    ui.join.hidden = false;
+    ui.leave.hidden = true;
+    ui.where.textContent = "";
+    setState("idle");
+  }
+
+  ui.join.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const user = ui.user.value.trim();
+    const room = ui.room.value.trim();
+    if (!user) { ui.joinError.textContent = "choose a name"; return; }
+    if (!ROOM_RE.test(room)) {
+      ui.joinError.textContent = "room: 1-64 characters of A-Z, a-z, 0-9, _ or -";
+      return;
+    }
+    join(user, room);
+  });
+
+  ui.leave.addEventListener("click", () => { leave(); ui.user.focus(); });
+
+  ui.send.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (session && !ui.sendButton.disabled) send(session);
+  });
+
+  ui.text.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      ui.send.requestSubmit();
+    }
+  });
+
+  try {
+    ui.user.value = localStorage.getItem("kchat.user") || "";
+    ui.room.value = localStorage.getItem("kchat.room") || ui.room.value;
+  } catch (_) { /* storage unavailable */ }
+  ui.user.focus();
+})();
