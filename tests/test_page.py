@@ -1,0 +1,280 @@
+"""The browser chat page, driven in a real Chromium (Debian's, via Playwright) against real workers.
+
+Chromium: /usr/bin/chromium (scripts/install-chromium installs it). Screenshots go to
+test-artifacts/ (gitignored).
+"""
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.chat import unique
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+pytestmark = pytest.mark.kafka
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--disable-quic", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+INJECTION = "<img src=x onerror=alert(1)>"
+WAIT = 20_000  # ms: how long a page may take to show what the test waits for
+RECONNECT_WAIT = 45_000  # ms: a worker restart plus the page's reconnect backoff (at most ~6 s)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium (make test does)")
+    expect.set_options(timeout=WAIT)
+    pw = playwright_sync.sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+    finally:
+        pw.stop()
+
+
+class ChatPage:
+    """One browser context (its own storage) with the chat page open; records dialogs and errors."""
+
+    def __init__(self, browser, base: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1100, "height": 700})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(WAIT)
+        self.dialogs: list[str] = []
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.page.on("dialog", self._on_dialog)
+        self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.goto(base + "/")
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def join(self, user: str, room: str) -> "ChatPage":
+        self.user = user
+        self.page.fill("#user", user)
+        self.page.fill("#room", room)
+        self.page.click("#join-button")
+        expect(self.state).to_have_text("connected", timeout=WAIT)
+        return self
+
+    def send(self, text: str) -> None:
+        self.page.fill("#text", text)
+        self.page.press("#text", "Enter")
+        # The box is cleared once the server has answered 201; an error leaves it as it was.
+        expect(self.page.locator("#text")).to_have_value("", timeout=WAIT)
+
+    @property
+    def state(self):
+        return self.page.locator("#state")
+
+    @property
+    def texts(self):
+        return self.page.locator("#messages .message .text")
+
+    def event_ids(self) -> list[str]:
+        return self.page.locator("#messages .message").evaluate_all("els => els.map(e => e.dataset.eventId)")
+
+    def csp_violations(self) -> list[str]:
+        return [m for m in self.console_errors if "Content Security Policy" in m]
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    pages: list[ChatPage] = []
+
+    def make(base: str) -> ChatPage:
+        p = ChatPage(browser, base)
+        pages.append(p)
+        return p
+
+    yield make
+    for p in pages:
+        p.close()
+
+
+def post(base: str, room: str, user: str, text: str) -> dict:
+    r = httpx.post(f"{base}/api/rooms/{room}/messages", json={"user": user, "text": text}, timeout=20)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def history(base: str, room: str) -> list[dict]:
+    r = httpx.get(f"{base}/api/rooms/{room}/messages", params={"limit": 500}, timeout=20)
+    assert r.status_code == 200, r.text
+    return r.json()["messages"]
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_two_users_see_each_others_messages_in_order(kchat_worker, open_page):
+    room, alice, bob = unique("page"), unique("alice"), unique("bob")
+    a = open_page(kchat_worker.url).join(alice, room)
+    b = open_page(kchat_worker.url).join(bob, room)
+
+    texts = ["hi bob", "hello alice\nhow are you?", "fine, thanks"]
+    a.send(texts[0])
+    expect(b.texts).to_have_text(texts[:1])
+    b.send(texts[1])
+    expect(a.texts).to_have_text(texts[:2])
+    a.send(texts[2])
+
+    for p in (a, b):
+        expect(p.texts).to_have_text(texts)
+    # Own messages are marked, the other user's are not.
+    expect(a.page.locator("#messages .message.own .text")).to_have_text([texts[0], texts[2]])
+    expect(b.page.locator("#messages .message.own .text")).to_have_text([texts[1]])
+    expect(a.page.locator("#messages .message:not(.own) .user")).to_have_text([bob])
+    # The pages show the room exactly as the log holds it.
+    logged = [m["event_id"] for m in history(kchat_worker.url, room)]
+    assert a.event_ids() == logged and b.event_ids() == logged
+
+    # The side panel shows the per-user counts from /stats/users.
+    for p in (a, b):
+        expect(p.page.locator(f'#users li[data-user="{alice}"] .count')).to_have_text("2")
+        expect(p.page.locator(f'#users li[data-user="{bob}"] .count')).to_have_text("1")
+
+    # A refused post shows the server's error text and keeps what was typed.
+    refused = httpx.post(f"{kchat_worker.url}/api/rooms/{room}/messages",
+                         json={"user": alice, "text": "   "}, timeout=20)
+    assert refused.status_code == 400
+    a.page.fill("#text", "   ")
+    a.page.press("#text", "Enter")
+    expect(a.page.locator("#error")).to_contain_text(refused.json()["error"])
+    expect(a.page.locator("#text")).to_have_value("   ")
+
+    # A later page joining the room gets the history.
+    c = open_page(kchat_worker.url).join(unique("carol"), room)
+    expect(c.texts).to_have_text(texts)
+    expect(c.page.locator("#messages .message.own")).to_have_count(0)
+
+    shot = screenshot(a.page, "page-conversation.png")
+    assert shot.stat().st_size > 0
+    for p in (a, b, c):
+        assert p.page_errors == [] and p.dialogs == []
+        assert p.csp_violations() == []
+
+
+def test_markup_in_messages_is_shown_as_text(kchat_worker, open_page):
+    room = unique("xss")
+    p = open_page(kchat_worker.url).join(unique("viewer"), room)
+    # Both through the API (also as the user name) and through the page's own send box.
+    post(kchat_worker.url, room, INJECTION, INJECTION)
+    p.send("<script>alert(2)</script><b>bold</b>")
+    expect(p.texts).to_have_text([INJECTION, "<script>alert(2)</script><b>bold</b>"])
+    expect(p.page.locator("#messages .message .user").first).to_have_text(INJECTION)
+    # The user name also reaches the counts panel.
+    expect(p.page.locator("#users li .user", has_text=INJECTION)).to_have_count(1)
+
+    for sel in ("#messages img", "#messages script", "#messages b", "#users img"):
+        assert p.page.locator(sel).count() == 0, sel
+    # Loaded history goes through the same rendering: a second page sees the same text.
+    q = open_page(kchat_worker.url).join(unique("late"), room)
+    expect(q.texts).to_have_text([INJECTION, "<script>alert(2)</script><b>bold</b>"])
+    assert q.page.locator("#messages img").count() == 0
+    for pg in (p, q):
+        assert pg.dialogs == [], pg.dialogs
+        assert pg.page_errors == []
+
+
+def test_page_reconnects_after_worker_restart_without_gap_or_duplicate(kchat_worker, worker_factory, open_page):
+    room, user = unique("outage"), unique("dora")
+    p = open_page(kchat_worker.url).join(user, room)
+    p.send("before")
+    expect(p.texts).to_have_text(["before"])
+
+    other = worker_factory()  # a second worker in the group keeps the service up during the outage
+    try:
+        try:
+            kchat_worker.stop()
+            expect(p.state).to_have_text("reconnecting")
+            expect(p.page.locator("#users-note")).to_contain_text("counts unavailable")
+            during = [post(other.url, room, "helper", f"during {i}")["event_id"] for i in range(3)]
+        finally:
+            kchat_worker.start()
+        expect(p.state).to_have_text("connected", timeout=RECONNECT_WAIT)
+        expected = ["before", "during 0", "during 1", "during 2"]
+        expect(p.texts).to_have_text(expected, timeout=RECONNECT_WAIT)
+
+        # A message after the resume arrives after the caught-up ones; any duplicate of the
+        # catch-up would have come before it on the same stream.
+        post(kchat_worker.url, room, user, "after")
+        expect(p.texts).to_have_text([*expected, "after"])
+        ids = p.event_ids()
+        assert ids[1:4] == during
+        assert ids == [m["event_id"] for m in history(kchat_worker.url, room)]
+        expect(p.page.locator("#messages .message.own .text")).to_have_text(["before", "after"])
+        expect(p.page.locator("#users-note")).to_have_text("")
+        assert p.page_errors == []
+    finally:
+        other.stop()
+
+
+def test_page_headers_csp_and_static_caching(kchat_worker, open_page):
+    base = kchat_worker.url
+    r = httpx.get(base + "/", timeout=20)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-cache"
+    csp = {d.split()[0]: d.split()[1:] for d in r.headers["content-security-policy"].split(";") if d.strip()}
+    assert csp["script-src"] == ["'self'"]
+    assert csp["default-src"] == ["'self'"]
+    assert csp["object-src"] == ["'none'"] and csp["frame-ancestors"] == ["'none'"]
+    assert "'unsafe-inline'" not in csp["style-src"]
+    # Every script in the page is an external file; no inline handlers or styles to be blocked.
+    scripts = re.findall(r"<script\b[^>]*>", r.text)
+    assert scripts and all(re.search(r'\ssrc="/static/[^"]+"', s) for s in scripts)
+    assert not re.search(r"\son[a-z]+=", r.text) and " style=" not in r.text and "<style" not in r.text
+
+    for name, content_type in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        r = httpx.get(f"{base}/static/{name}", timeout=20)
+        assert r.status_code == 200, name
+        assert r.headers["content-type"] == f"{content_type}; charset=utf-8"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["cache-control"] == "no-cache"
+        assert r.content == resources.files("kchat_faust").joinpath("static", name).read_bytes()
+        etag = r.headers["etag"]
+        again = httpx.get(f"{base}/static/{name}", headers={"If-None-Match": etag}, timeout=20)
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        stale = httpx.get(f"{base}/static/{name}", headers={"If-None-Match": '"other"'}, timeout=20)
+        assert stale.status_code == 200 and stale.content == r.content
+    missing = httpx.get(f"{base}/static/..%2Fpage.py", timeout=20)
+    assert missing.status_code == 404
+    missing = httpx.get(f"{base}/static/nothing.js", timeout=20)
+    assert missing.status_code == 404 and missing.json()["error"]
+
+    # The browser enforces the policy: a script element added at run time does not run.
+    p = open_page(base)
+    with p.page.expect_console_message(lambda m: "Content Security Policy" in m.text) as violation:
+        ran = p.page.evaluate("""() => {
+            const s = document.createElement("script");
+            s.textContent = "window.__inlineRan = true";
+            document.body.append(s);
+            return window.__inlineRan === true;
+        }""")
+    assert ran is False
+    assert "script-src" in violation.value.text
