@@ -1,0 +1,255 @@
+"""HTTP and SSE access to a kchat-faust worker.
+
+URL building, the mapping of failures to one-line messages and exit codes, and
+the resumption of the event stream all live here, so the commands stay thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+EXIT_SERVER = 5
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+# An idle stream still carries keep-alive comments; this much silence means the
+# connection is dead even if TCP has not noticed yet.
+STREAM_IDLE_TIMEOUT = 60.0
+# A pipe of many lines can outrun the server's rate limit; waiting as told is
+# better than failing lines, but not forever.
+RATE_LIMIT_RETRIES = 5
+RATE_LIMIT_MAX_WAIT = 30.0
+
+
+class KchatError(Exception):
+    """A failure already phrased for the user, with the exit code it maps to."""
+
+    def __init__(self, message: str, exit_code: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.retry_after = retry_after
+
+
+def _reason(exc: BaseException) -> str:
+    # httpx wraps the OS error a few levels deep; its own text ("All connection
+    # attempts failed") hides the useful part.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "unknown host"
+        if isinstance(seen, httpx.ConnectTimeout):
+            return "connection timed out"
+        if isinstance(seen, httpx.RemoteProtocolError):
+            return "the connection broke off"
+        if isinstance(seen, httpx.ReadTimeout):
+            return "no data for too long"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):  # absent, or an HTTP date we do not bother with
+        return None
+
+
+def _http_error(response: httpx.Response) -> KchatError:
+    status = response.status_code
+    try:
+        detail = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        detail = response.reason_phrase or "no explanation given"
+    if status == 429:
+        wait = _retry_after(response)
+        hint = f"retry in {wait:g}s" if wait is not None else "slow down and retry"
+        return KchatError(f"rate limited by the server: {detail} (HTTP 429) — {hint}",
+                          EXIT_REFUSED, retry_after=wait if wait is not None else 1.0)
+    if 400 <= status < 500:
+        return KchatError(f"the server refused the request: {detail} (HTTP {status})",
+                          EXIT_REFUSED)
+    return KchatError(f"server error: {detail} (HTTP {status}) — try again later, "
+                      "or check the worker's log", EXIT_SERVER)
+
+
+class _Recent:
+    """The last few thousand message ids, to drop a message delivered twice."""
+
+    def __init__(self, size: int = 10_000):
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, msg_id: str | None) -> bool:
+        """Remember msg_id; False if it was already there."""
+        if not msg_id:
+            return True
+        if msg_id in self._ids:
+            return False
+        self._ids[msg_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+class Client:
+    """One HTTP connection pool to one worker; use as `async with Client(...)`."""
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def _room_path(room: str, what: str) -> str:
+        # Quote everything: a bad room name must reach the server intact so that
+        # the server, which owns the rules, can say what is wrong with it.
+        return f"/api/rooms/{quote(room, safe='')}/{what}"
+
+    def _transport_error(self, exc: httpx.TransportError) -> KchatError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return KchatError(f"cannot reach {self.url} ({_reason(exc)}) — is the worker "
+                              "running? set --url or KCHAT_URL", EXIT_UNREACHABLE)
+        if isinstance(exc, httpx.TimeoutException):
+            return KchatError(f"no answer from {self.url} within {self.timeout:g}s — the "
+                              "worker may be overloaded; retry, or raise --timeout",
+                              EXIT_UNREACHABLE)
+        return KchatError(f"lost the connection to {self.url} ({_reason(exc)}) — retry",
+                          EXIT_UNREACHABLE)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        if not response.is_success:
+            raise _http_error(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise KchatError(f"{self.url} answered {method} {path} with something that is "
+                             "not JSON — is --url really a kchat worker?",
+                             EXIT_SERVER) from None
+
+    async def send(self, room: str, user: str, text: str) -> dict[str, Any]:
+        """Publish one message; returns the stored message (partition, offset, ids)."""
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                return await self._request("POST", self._room_path(room, "messages"),
+                                           json={"user": user, "text": text})
+            except KchatError as err:
+                # Only a 429 is safe to repeat: a 503 may mean the message was
+                # stored after all, and repeating it would duplicate it.
+                if err.retry_after is None or attempt == RATE_LIMIT_RETRIES:
+                    raise
+                await asyncio.sleep(min(err.retry_after, RATE_LIMIT_MAX_WAIT))
+        raise AssertionError("unreachable")
+
+    async def history(self, room: str, limit: int = 20) -> list[dict[str, Any]]:
+        body = await self._request("GET", self._room_path(room, "messages"),
+                                   params={"limit": limit})
+        return list(body.get("messages", []))
+
+    async def user_counts(self) -> dict[str, int]:
+        body = await self._request("GET", "/stats/users")
+        return dict(body.get("users", {}))
+
+    async def user_count(self, user: str) -> int:
+        body = await self._request("GET", f"/stats/users/{quote(user, safe='')}")
+        return int(body.get("count", 0))
+
+    async def events(
+        self,
+        room: str,
+        since: str | None = None,
+        on_reconnect: Callable[[str, float], None] | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the room's messages as they arrive, forever.
+
+        Resumes after `since` (an event id) if given. Once connected, a dropped
+        stream is reopened with exponential backoff and Last-Event-ID, so the
+        caller sees every message once; `on_reconnect(reason, delay)` is told
+        before each wait and `on_connect(is_reconnect)` after each (re)connect.
+        A failure on the very first connection is raised instead: it usually
+        means a wrong URL or room, which retrying will not fix.
+        Close it with contextlib.aclosing so the connection is released.
+        """
+        last_id = since
+        recent = _Recent()
+        connected_before = False
+        delay = BACKOFF_START
+        path = self._room_path(room, "events")
+        timeout = httpx.Timeout(self.timeout, read=STREAM_IDLE_TIMEOUT)
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            wait: float | None = None
+            try:
+                async with aconnect_sse(self._http, "GET", path, headers=headers,
+                                        timeout=timeout) as source:
+                    response = source.response
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _http_error(response)
+                    if on_connect:
+                        on_connect(connected_before)
+                    connected_before = True
+                    delay = BACKOFF_START
+                    async for sse in source.aiter_sse():
+                        if sse.event != "message":
+                            continue
+                        if sse.id:
+                            last_id = sse.id
+                        try:
+                            msg = json.loads(sse.data)
+                        except ValueError:
+                            continue
+                        if not isinstance(msg, dict):
+                            continue
+                        if sse.id:
+                            msg.setdefault("event_id", sse.id)
+                        # Kafka delivers at least once; a message re-sent by a
+                        # retrying producer has a new offset but the same id.
+                        if recent.add(msg.get("id")):
+                            yield msg
+                reason = "the server closed the stream"
+            except SSEError:
+                raise KchatError(f"{self.url} did not answer with an event stream — is "
+                                 "--url really a kchat worker?", EXIT_SERVER) from None
+            except httpx.TransportError as exc:
+                if not connected_before:
+                    raise self._transport_error(exc) from None
+                reason = _reason(exc)
+            except KchatError as err:
+                retryable = err.exit_code == EXIT_SERVER or err.retry_after is not None
+                if not connected_before or not retryable:
+                    raise
+                reason, wait = str(err), err.retry_after
+            if wait is None:
+                # Jitter, so that every client of a restarted worker does not
+                # knock at the same instant.
+                wait = delay * random.uniform(0.5, 1.0)
+                delay = min(delay * 2, BACKOFF_MAX)
+            if on_reconnect:
+                on_reconnect(reason, wait)
+            await asyncio.sleep(wait)

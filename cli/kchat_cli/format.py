@@ -1,0 +1,32 @@
+"""How messages and receipts look on a terminal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+def clock(sent_at: Any) -> str:
+    """The server stamps UTC; people read their own local time."""
+    try:
+        return datetime.fromisoformat(str(sent_at)).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return "--:--:--"
+
+
+def message_line(msg: dict[str, Any]) -> str:
+    return f"{clock(msg.get('sent_at'))} {msg.get('user', '?')}: {msg.get('text', '')}"
+
+
+def receipt_line(stored: dict[str, Any]) -> str:
+    # key=value so that a script can pick out the event_id for `listen --since`.
+    keys = ("room", "partition", "offset", "id", "event_id")
+    return "sent: " + " ".join(f"{k}={stored.get(k)}" for k in keys if k in stored)
+
+
+def stats_table(counts: dict[str, int], top: int | None = None) -> list[str]:
+    rows = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    width = max([len("USER")] + [len(user) for user, _ in rows])
+    lines = [f"{'USER':<{width}}  MESSAGES"]
+    lines += [f"{user:<{width}}  {count:>8}" for user, count in rows]
+    return lines

@@ -1,0 +1,246 @@
+"""The kchat-cli commands."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import httpx
+
+from kchat_cli import __version__
+from kchat_cli.client import EXIT_UNREACHABLE, EXIT_USAGE, Client, KchatError
+from kchat_cli.format import message_line, receipt_line, stats_table
+
+PROG = "kchat-cli"
+DEFAULT_URL = "http://127.0.0.1:6066"
+
+
+def warn(text: str) -> None:
+    click.echo(f"{PROG}: {text}", err=True)
+
+
+def out(text: str) -> None:
+    # click.echo flushes, which a pipe reader waiting for each message needs.
+    click.echo(text)
+
+
+class KchatGroup(click.Group):
+    """Reports every failure as one line on stderr with a meaningful exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name or PROG, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            code = EXIT_USAGE
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx else PROG
+            warn(f"{err.format_message()} (see '{where} --help')")
+            code = err.exit_code
+        except click.ClickException as err:
+            warn(err.format_message())
+            code = err.exit_code
+        except KchatError as err:
+            warn(str(err))
+            code = err.exit_code
+        except click.Abort:
+            warn("interrupted")
+            code = 130
+        except OSError as err:
+            if err.errno != errno.EPIPE:
+                raise
+            # The reader went away (e.g. `listen | head`): nothing left to say to it.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+            code = 0
+        sys.exit(code or 0)
+
+
+@dataclass
+class Settings:
+    url: str
+    timeout: float
+
+    def client(self) -> Client:
+        return Client(self.url, self.timeout)
+
+
+def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise click.BadParameter(f"{value!r} is not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise click.BadParameter(f"{value!r} is not an http(s) URL, e.g. {DEFAULT_URL}")
+    return value.rstrip("/")
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+@click.group(cls=KchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="KCHAT_URL", default=DEFAULT_URL, show_default=True,
+              show_envvar=True, callback=_check_url,
+              help="Base URL of a kchat-faust worker.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the worker to answer.")
+@click.version_option(__version__, prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, url: str, timeout: float) -> None:
+    """Chat through a kchat-faust worker: send, listen, chat, stats.
+
+    Shell completion (bash): eval "$(_KCHAT_CLI_COMPLETE=bash_source kchat-cli)"
+    (zsh_source / fish_source for zsh and fish).
+    """
+    ctx.obj = Settings(url, timeout)
+
+
+@cli.command()
+@click.option("--user", "-u", required=True, help="Who the message is from.")
+@click.option("--room", "-r", default="lobby", show_default=True, help="Room to post to.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the stored message as JSON instead of a summary.")
+@click.argument("text", nargs=-1)
+@click.pass_obj
+def send(settings: Settings, user: str, room: str, as_json: bool,
+         text: tuple[str, ...]) -> None:
+    """Publish TEXT (words joined by spaces) as one message.
+
+    With no TEXT, or TEXT '-', every line of standard input is sent as its own
+    message, in order; failed lines are reported with their line number.
+    Prints where each message was stored: room, partition, offset, id, event_id
+    (the event_id can be given to `listen --since`).
+    """
+    def show(stored: dict[str, Any]) -> None:
+        out(json.dumps(stored, ensure_ascii=False) if as_json else receipt_line(stored))
+
+    if text and text != ("-",):
+        message = " ".join(text)
+        if not message.strip():
+            raise click.UsageError("refusing to send an empty message; give some TEXT")
+
+        async def one() -> None:
+            async with settings.client() as client:
+                show(await client.send(room, user, message))
+
+        run(one())
+        return
+
+    if sys.stdin.isatty():
+        warn("reading messages from the terminal, one per line; Ctrl-D to finish")
+    run(_send_lines(settings, user, room, show))
+
+
+async def _send_lines(settings: Settings, user: str, room: str, show: Any) -> None:
+    failed, first_code = 0, 0
+    async with settings.client() as client:  # one connection for all lines
+        for lineno, line in enumerate(sys.stdin, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                warn(f"line {lineno}: empty, skipped")
+                continue
+            try:
+                show(await client.send(room, user, line))
+            except KchatError as err:
+                failed += 1
+                first_code = first_code or err.exit_code
+                if err.exit_code == EXIT_UNREACHABLE:
+                    # Every further line would wait out the same failure.
+                    raise KchatError(f"line {lineno}: {err}; stopped, this and later lines "
+                                     "were not sent", err.exit_code) from None
+                warn(f"line {lineno}: {err}")
+    if failed:
+        raise KchatError(f"{failed} line(s) could not be sent", first_code)
+
+
+@cli.command()
+@click.option("--room", "-r", default="lobby", show_default=True, help="Room to follow.")
+@click.option("--since", metavar="ID",
+              help="Resume after this event_id (from `send` or `listen --json`).")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as a JSON line.")
+@click.option("--count", "-n", type=click.IntRange(min=1), metavar="N",
+              help="Exit after N messages.")
+@click.pass_obj
+def listen(settings: Settings, room: str, since: str | None, as_json: bool,
+           count: int | None) -> None:
+    """Print the room's messages as they arrive (Ctrl-C to stop).
+
+    Each line shows local time, user and text. A dropped connection is
+    reopened with backoff, resuming after the last message seen, so nothing
+    is missed or repeated.
+    """
+    def reconnecting(reason: str, delay: float) -> None:
+        warn(f"connection lost ({reason}); reconnecting in {delay:.1f}s")
+
+    def connected(is_reconnect: bool) -> None:
+        if is_reconnect:
+            warn("reconnected")
+
+    async def follow() -> None:
+        received = 0
+        async with settings.client() as client, aclosing(
+                client.events(room, since, on_reconnect=reconnecting,
+                              on_connect=connected)) as stream:
+            async for msg in stream:
+                out(json.dumps(msg, ensure_ascii=False) if as_json else message_line(msg))
+                received += 1
+                if count is not None and received >= count:
+                    return
+
+    try:
+        run(follow())
+    except KeyboardInterrupt:
+        pass  # the way to stop listening, not a failure
+
+
+@cli.command()
+@click.option("--user", "-u", required=True, help="Your name in the room.")
+@click.option("--room", "-r", default="lobby", show_default=True, help="Room to join.")
+@click.pass_obj
+def chat(settings: Settings, user: str, room: str) -> None:
+    """Chat interactively: recent history, then a `USER: ` prompt.
+
+    Others' messages appear above the prompt with a running count; your own
+    are not echoed back. /quit or Ctrl-D leaves.
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise click.UsageError("chat needs a terminal; to send from a pipe use "
+                               "'kchat-cli send', to read use 'kchat-cli listen'")
+    if not user.strip():
+        raise click.BadParameter("must not be blank", param_hint="'--user'")
+    from kchat_cli.chat import run_chat  # prompt_toolkit is only needed here
+
+    run(run_chat(settings.client(), user, room))
+
+
+@cli.command()
+@click.option("--user", "-u", help="Show only this user's count.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N",
+              help="Show only the N most active users.")
+@click.pass_obj
+def stats(settings: Settings, user: str | None, top: int | None) -> None:
+    """Print how many messages each user has sent, busiest first."""
+    async def fetch() -> dict[str, int]:
+        async with settings.client() as client:
+            if user is not None:
+                return {user: await client.user_count(user)}
+            return await client.user_counts()
+
+    counts = run(fetch())
+    if not counts:
+        out("no messages counted yet")
+        return
+    for line in stats_table(counts, top):
+        out(line)
