@@ -604,8 +604,8 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
         assert "Created topic chatroom." in out
         assert "Topic chatroom is ready" in out
 
-        # Independent check: 12 partitions, 4 replicas each on brokers 0-3, preferred leaders spread over
-        # every broker, and (soon, on a loaded machine) every replica in sync.
+        # Independent check: 12 partitions, 4 replicas each on brokers 0-3, and (soon, on a loaded machine)
+        # every replica in sync. (KRaft's placement does not promise leaders on every broker.)
         deadline = time.monotonic() + 60
         while True:
             described = subprocess.run([*kafka_local, "describe", "chatroom"], capture_output=True, text=True,
@@ -621,7 +621,6 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
         assert sorted(partitions) == list(range(PARTITIONS))
         for p in partitions.values():
             assert sorted(p["replicas"]) == list(range(BROKERS))
-        assert {p["replicas"][0] for p in partitions.values()} == set(range(BROKERS))
         assert in_sync, described.stdout
 
         # Run again (a re-applied Job): nothing created, still succeeds.
