@@ -72,8 +72,11 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _http_error(response: httpx.Response) -> KchatError:
     status = response.status_code
     try:
-        detail = str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
+        body = response.json()
+        detail = str(body["error"])
+        if body.get("field"):  # the server names the input at fault
+            detail = f"{body['field']}: {detail}"
+    except (ValueError, KeyError, TypeError, AttributeError):
         detail = response.reason_phrase or "no explanation given"
     if status == 429:
         wait = _retry_after(response)
