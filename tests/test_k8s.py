@@ -391,9 +391,7 @@ def broker_config(variants, tmp_path_factory) -> Path:
 
 def pod_env(sts: dict, pod: str) -> dict[str, str]:
     """The env a pod of sts gets: literal values, plus the downward-API fields the script reads."""
-    env = {k: v for k, v in s.env_values(s.container(sts)).items() if v is not None}
-    env.update(KAFKA_POD_NAME=pod, KAFKA_NAMESPACE=NAMESPACE)
-    return env
+    return s.env_values(s.container(sts)) | {"KAFKA_POD_NAME": pod, "KAFKA_NAMESPACE": NAMESPACE}
 
 
 def test_start_script_fills_in_each_pods_identity(variants, broker_config, tmp_path):
@@ -574,7 +572,7 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
     # The topic Job's own script; started before the brokers, as in the cluster (its wait loop).
     job = s.container(r.get("Job", "chatroom-topic"))
     script = job["args"][0]
-    job_env = {k: v for k, v in s.env_values(job).items() if v is not None} | {
+    job_env = s.env_values(job) | {
         "PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "BOOTSTRAP": bootstrap, "WAIT_SECONDS": "150",
         "KAFKA_TOPICS": f"java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "
                         f"-Dlog4j2.configurationFile={s.LOG4J_CONFIG} -Dkchat.log.level=WARN "

@@ -20,7 +20,7 @@ LOG4J_CONFIG = REPO / "scripts" / "kafka-log4j2.properties"
 
 # Kinds whose objects carry a pod template at spec.template.
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
-CLUSTER_SCOPED_KINDS = ("Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding")
+CLUSTER_SCOPED_KINDS = ("Namespace", "PersistentVolume", "StorageClass")
 
 
 def kustomize_bin(timeout: float = 300) -> str:
@@ -86,8 +86,8 @@ def all_containers(spec: dict) -> list[dict]:
 
 
 def env_values(c: dict) -> dict[str, str]:
-    """The container's literal env values (valueFrom entries map to None)."""
-    return {e["name"]: e.get("value") for e in c.get("env", [])}
+    """The container's literal env values (valueFrom entries left out)."""
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
 def named_port(c: dict, port) -> int:
