@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import os
 import sys
-from collections.abc import Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -58,12 +55,6 @@ class KchatGroup(click.Group):
         except click.Abort:
             warn("interrupted")
             code = 130
-        except OSError as err:
-            if err.errno != errno.EPIPE:
-                raise
-            # The reader went away (e.g. `listen | head`): nothing left to say to it.
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
-            code = 0
         sys.exit(code or 0)
 
 
@@ -86,10 +77,6 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.rstrip("/")
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
 @click.group(cls=KchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="KCHAT_URL", default=DEFAULT_URL, show_default=True,
               show_envvar=True, callback=_check_url,
@@ -101,8 +88,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 def cli(ctx: click.Context, url: str, timeout: float) -> None:
     """Chat through a kchat-faust worker: send, listen, chat, stats.
 
-    Shell completion (bash): eval "$(_KCHAT_CLI_COMPLETE=bash_source kchat-cli)"
-    (zsh_source / fish_source for zsh and fish).
+    \b
+    Exit codes: 0 ok, 2 bad arguments, 3 worker unreachable or too slow,
+    4 request refused by the worker (4xx), 5 worker error (5xx), 130 interrupted.
+
+    \b
+    Shell completion (bash; zsh_source and fish_source for the others):
+      eval "$(_KCHAT_CLI_COMPLETE=bash_source kchat-cli)"
     """
     ctx.obj = Settings(url, timeout)
 
@@ -135,12 +127,12 @@ def send(settings: Settings, user: str, room: str, as_json: bool,
             async with settings.client() as client:
                 show(await client.send(room, user, message))
 
-        run(one())
+        asyncio.run(one())
         return
 
     if sys.stdin.isatty():
         warn("reading messages from the terminal, one per line; Ctrl-D to finish")
-    run(_send_lines(settings, user, room, show))
+    asyncio.run(_send_lines(settings, user, room, show))
 
 
 async def _send_lines(settings: Settings, user: str, room: str, show: Any) -> None:
@@ -200,7 +192,7 @@ def listen(settings: Settings, room: str, since: str | None, as_json: bool,
                     return
 
     try:
-        run(follow())
+        asyncio.run(follow())
     except KeyboardInterrupt:
         pass  # the way to stop listening, not a failure
 
@@ -222,7 +214,7 @@ def chat(settings: Settings, user: str, room: str) -> None:
         raise click.BadParameter("must not be blank", param_hint="'--user'")
     from kchat_cli.chat import run_chat  # prompt_toolkit is only needed here
 
-    run(run_chat(settings.client(), user, room))
+    asyncio.run(run_chat(settings.client(), user, room))
 
 
 @cli.command()
@@ -238,7 +230,7 @@ def stats(settings: Settings, user: str | None, top: int | None) -> None:
                 return {user: await client.user_count(user)}
             return await client.user_counts()
 
-    counts = run(fetch())
+    counts = asyncio.run(fetch())
     if not counts:
         out("no messages counted yet")
         return
