@@ -225,6 +225,14 @@ def test_chat_between_two_terminals(kchat_worker):
         assert a.match.group(1) == "1"
         assert "(received" not in screen_a.getvalue().split("B: hi from B")[0]
 
+        # A message arriving mid-typing is printed above the prompt; the half-typed line survives.
+        a.send("half typed")
+        a.expect("half typed")
+        b.sendline("interruption")
+        a.expect(r"B: interruption  \(received: 2\)")
+        a.sendline(" and finished")
+        b.expect(r"A: half typed and finished  \(received: 3\)")
+
         a.sendline("/quit")
         a.expect(pexpect.EOF)
         b.sendeof()
