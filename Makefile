@@ -46,6 +46,7 @@ down:
 
 test: setup
 	@scripts/install-kustomize >/dev/null
+	@scripts/install-chromium
 	$(PY) -m pytest -ra
 
 bench: setup

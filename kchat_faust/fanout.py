@@ -43,6 +43,11 @@ def sse_frame(event: str, data: str, id_: str) -> bytes:
     return f"id: {id_}\nevent: {event}\n{lines}\n".encode()
 
 
+# A comment line with no blank line after it: aiohttp-sse's own ": ping\r\n\r\n" ends in a
+# blank line, which some clients (httpx-sse among them) turn into an empty "message" event.
+KEEPALIVE = b": keep-alive\n"
+
+
 class Frames:
     """A record rendered once per format, shared by every subscriber of its room."""
 
@@ -97,10 +102,17 @@ class Subscriber:
             except asyncio.QueueFull:
                 self.queue.get_nowait()
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """Live frames, skipping any the catch-up already delivered."""
+    async def frames(self, keepalive: float) -> AsyncIterator[bytes]:
+        """Live frames, skipping any the catch-up already delivered; keep-alives when idle."""
         while True:
-            item = await self.queue.get()
+            try:
+                # asyncio.timeout, unlike wait_for, adds no task: a woken subscriber runs at
+                # once, before the hub's next batch can fill its queue.
+                async with asyncio.timeout(keepalive):
+                    item = await self.queue.get()
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
             if item is None:
                 return
             offset, frame = item
@@ -232,8 +244,12 @@ class Hub(mode.Service):
 
     async def _dispatch_loop(self, consumer: AIOKafkaConsumer) -> None:
         default_room = self.settings.default_room
+        # A batch never holds more records than one subscriber's buffer, and the loop yields
+        # after each batch: healthy subscribers drain their queues in between, so only one
+        # whose socket is really stuck can overflow.
+        batch_size = min(2000, self.settings.subscriber_buffer)
         while not self.should_stop:
-            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
             for records in batches.values():
                 for record in records:
                     self.positions[record.partition] = record.offset + 1
@@ -249,3 +265,4 @@ class Hub(mode.Service):
                     for sub in list(subs):
                         sub.offer(record.offset, frames.render(sub.compat))
                     self.delivered += len(subs)
+            await asyncio.sleep(0)

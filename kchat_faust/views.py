@@ -126,11 +126,11 @@ async def stream_events(request: web.Request, room: str, compat: bool) -> web.St
         if after is not None and after[0] != sub.partition:
             raise ValidationError("last_event_id", f"{token!r} does not belong to room {room!r}")
         async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as resp:
-            resp.ping_interval = settings.keepalive
+            resp.ping_interval = 24 * 3600  # keep-alives come from sub.frames() instead
             if after is not None:
                 async for frame in hub.catch_up(sub, after[1]):
                     await resp.write(frame)
-            async for frame in sub.frames():
+            async for frame in sub.frames(settings.keepalive):
                 await resp.write(frame)
         return resp
     except asyncio.CancelledError:

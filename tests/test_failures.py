@@ -86,3 +86,67 @@ async def test_worker_stop_closes_open_streams_promptly(kchat_worker):
     finally:
         await listener.stop()
         kchat_worker.start()
+
+
+@pytest.fixture(scope="module")
+def tuned_worker(worker_factory):
+    # A tiny per-subscriber buffer, so the slow-client test need not fill megabytes of socket
+    # buffers first, and frequent keep-alives.
+    worker = worker_factory(env={"KCHAT_SUBSCRIBER_BUFFER": "5", "KCHAT_KEEPALIVE": "0.3"})
+    yield worker
+    worker.stop()
+
+
+async def test_idle_streams_get_keepalive_comments_and_no_empty_events(tuned_worker):
+    url = f"{tuned_worker.url}/api/rooms/{unique('idle')}/events"
+    buf = b""
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("GET", url) as r:
+            assert r.status_code == 200
+            async for chunk in r.aiter_bytes():
+                buf += chunk
+                if buf.count(b": keep-alive\n") >= 3:
+                    break
+    assert b"data:" not in buf and b"event:" not in buf
+    assert b"\n\n" not in buf  # a blank line would make some clients dispatch an empty event
+
+
+async def test_a_slow_subscriber_is_disconnected_without_slowing_the_others(tuned_worker):
+    worker = tuned_worker
+    room = unique("slow")
+    host, port = "127.0.0.1", worker.port
+    # The slow client: asks for the stream, then never reads.
+    reader, writer = await asyncio.open_connection(host, port, limit=1024)
+    sock = writer.get_extra_info("socket")
+    import socket as _socket
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+    writer.write(f"GET /api/rooms/{room}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    fast = await Listener(worker.url, room).start()
+    text = "x" * 3900
+    total = 800  # about 3 MB: more than the loopback socket buffers hold
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sem = asyncio.Semaphore(16)
+
+            async def one(i):
+                async with sem:
+                    await post(client, worker.url, room, "firehose", f"{i:05d}{text}")
+
+            await asyncio.gather(*(one(i) for i in range(total)))
+        got = await fast.wait_for(total, timeout=60)
+        assert len(got) == total and len({m["offset"] for m in got}) == total
+        # The slow one was cut off: draining its socket now ends in EOF, well short of everything.
+        received, closed = 0, False
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            chunk = await asyncio.wait_for(reader.read(65536), 30)
+            if not chunk:
+                closed = True
+                break
+            received += len(chunk)
+        assert closed, "the server kept streaming to a client that stopped reading"
+        assert received < total * len(text)
+    finally:
+        writer.close()
+        await fast.stop()

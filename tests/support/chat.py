@@ -44,7 +44,10 @@ class Listener:
                 self._connected.set()
                 async for sse in source.aiter_sse():
                     assert sse.event == "message"
-                    msg = json.loads(sse.data)
+                    try:
+                        msg = json.loads(sse.data)
+                    except ValueError:
+                        raise AssertionError(f"bad event {sse.event!r} {sse.id!r} {sse.data[:300]!r}")
                     assert sse.id == msg["event_id"]
                     self.messages.append(msg)
                     self.last_id = sse.id
