@@ -7,14 +7,18 @@
 """
 from __future__ import annotations
 
+import logging
+
 import faust
 
+from . import metrics
 from .config import Settings
 from .fanout import Hub
 from .kafka_io import LogReader, Publisher
 from .models import decode_record
 
 settings = Settings.from_env()
+log = logging.getLogger("kchat")
 
 app = faust.App(
     "kchat",
@@ -29,6 +33,7 @@ app = faust.App(
     web_application_options={"client_max_size": settings.max_body},
     # Counting must see the whole log, also the part written before the first worker ran.
     consumer_auto_offset_reset="earliest",
+    logging_config=settings.logging_config(),
 )
 
 _topic_config = {"min.insync.replicas": str(settings.min_insync_replicas)}
@@ -106,6 +111,11 @@ async def count_messages(stream):
                                      "seen": {**state["seen"], key: counted.offset}}
 
 
+@app.task
+async def announce_config() -> None:
+    log.info("kchat worker config: %s", settings.summary())
+
+
 def ready() -> dict[str, bool]:
     recovery = app.tables.recovery
     return {
@@ -114,5 +124,7 @@ def ready() -> dict[str, bool]:
         "tables": recovery.completed.is_set() and not recovery.in_recovery,
     }
 
+
+metrics.install(app, hub, ready)
 
 from . import views, page  # noqa: E402,F401  (registers the web pages on app)

@@ -1,8 +1,12 @@
 """Settings from the environment: the names here are a contract with k8s/ and the README."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
+
+# Settings never to be logged in clear.
+SECRETS = frozenset()
 
 
 class ConfigError(ValueError):
@@ -35,6 +39,13 @@ def _float(env: dict, name: str, default: float) -> float:
     return value
 
 
+def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
 def kafka_servers(broker: str) -> str:
     """'kafka://a:9092,b:9092' (Faust's form) -> 'a:9092,b:9092' (aiokafka's form)."""
     hosts = []
@@ -62,6 +73,7 @@ class Settings:
     publish_timeout: float = 10.0
     subscriber_buffer: int = 1000
     keepalive: float = 15.0
+    log_format: str = "text"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -94,4 +106,25 @@ class Settings:
             publish_timeout=_float(env, "KCHAT_PUBLISH_TIMEOUT", cls.publish_timeout),
             subscriber_buffer=_int(env, "KCHAT_SUBSCRIBER_BUFFER", cls.subscriber_buffer),
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
+            log_format=_choice(env, "KCHAT_LOG_FORMAT", ("text", "json")),
         )
+
+    def summary(self) -> dict:
+        """The settings as logged at startup: secrets masked."""
+        return {name: ("***" if name in SECRETS and value else value)
+                for name, value in dataclasses.asdict(self).items()}
+
+    def logging_config(self) -> dict | None:
+        """A dictConfig for JSON lines (for log collectors on clusters); None keeps Faust's text logs."""
+        if self.log_format != "json":
+            return None
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter",
+                                    "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                                    "rename_fields": {"asctime": "time", "levelname": "level",
+                                                      "name": "logger"}}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+            "root": {"handlers": ["stderr"], "level": "INFO"},
+        }

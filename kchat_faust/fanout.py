@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from .config import Settings
 from .kafka_io import LogReader, partition_for
+from .metrics import DELIVERED, SLOW_DISCONNECTS
 from .models import ChatMessage, decode_record, event_id, message_json
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Subscriber:
         except asyncio.QueueFull:
             # A slow client must not hold memory or slow the others: drop it; it can resume.
             self.overflowed = True
+            SLOW_DISCONNECTS.inc()
             if self.task is not None:
                 self.task.cancel()
 
@@ -129,11 +131,23 @@ class Hub(mode.Service):
         self.rooms: dict[str, set[Subscriber]] = defaultdict(set)
         self.positions: dict[int, int] = {}  # partition -> next offset the hub will dispatch
         self.ready = False
-        self.delivered = 0
+        self._consumer: AIOKafkaConsumer | None = None
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.rooms.values())
+
+    def lag(self) -> dict[int, int]:
+        """Per partition, how far the reader is behind the log end it last heard of."""
+        consumer, topic = self._consumer, self.settings.topic
+        if consumer is None:
+            return {}
+        lag = {}
+        for partition, position in self.positions.items():
+            highwater = consumer.highwater(TopicPartition(topic, partition))
+            if highwater is not None:
+                lag[partition] = max(0, highwater - position)
+        return lag
 
     def partition_for(self, room: str) -> int:
         return partition_for(room, len(self.positions) or self.settings.partitions)
@@ -168,6 +182,7 @@ class Hub(mode.Service):
                 if msg is None or msg.room != sub.room:
                     continue
                 sub.last_offset = record.offset
+                DELIVERED.inc()
                 yield Frames(msg, record.partition, record.offset).render(sub.compat)
 
     async def recent(self, room: str, limit: int) -> list[dict]:
@@ -211,12 +226,14 @@ class Hub(mode.Service):
             try:
                 await consumer.start()
                 await self._assign(consumer)
+                self._consumer = consumer
                 await self._dispatch_loop(consumer)
             except KafkaError as exc:
                 log.warning("fan-out reader: %s; reconnecting", exc)
                 self.ready = False
                 await self.sleep(1.0)
             finally:
+                self._consumer = None
                 await consumer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
@@ -264,5 +281,5 @@ class Hub(mode.Service):
                     frames = Frames(msg, record.partition, record.offset)
                     for sub in list(subs):
                         sub.offer(record.offset, frames.render(sub.compat))
-                    self.delivered += len(subs)
+                    DELIVERED.inc(len(subs))
             await asyncio.sleep(0)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import time
 
 from aiohttp import ClientError, ClientTimeout, web
 from aiohttp_sse import sse_response
@@ -11,6 +13,7 @@ from faust.web import View
 
 from .app import app, hub, publisher, ready, settings, user_counts
 from .kafka_io import KafkaUnavailable
+from .metrics import PUBLISH_LATENCY, PUBLISHED, RESUMES, SUBSCRIPTIONS
 from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ async def close_streams(_web_app: web.Application) -> None:
 
 app.web.web_app.middlewares.append(json_errors)
 app.web.web_app.on_shutdown.append(close_streams)
+# An idle event stream only notices a vanished client when it next writes; with handler
+# cancellation aiohttp cancels the handler as soon as the connection drops, so the
+# subscriber is released at once. Faust builds its runner without the option: replace it.
+app.web._runner = web.AppRunner(app.web.web_app, access_log=None, handler_cancellation=True)
 
 
 async def read_text_body(request: web.Request) -> str:
@@ -57,13 +64,36 @@ async def read_text_body(request: web.Request) -> str:
 async def store(room: str, user, text) -> dict:
     """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input."""
     msg = new_message(room, user, text, settings.max_text)
+    began = time.perf_counter()
     meta = await publisher.publish(room, msg.dumps())
+    PUBLISH_LATENCY.observe(time.perf_counter() - began)
     return message_json(msg, meta.partition, meta.offset)
+
+
+def counts_publish(handler):
+    """Counts a publish request's outcome, whichever way the handler ends."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, **kwargs):
+        outcome = "refused"
+        try:
+            response = await handler(self, request, **kwargs)
+            if response.status < 400:
+                outcome = "stored"
+            return response
+        except KafkaUnavailable:
+            outcome = "failed"
+            raise
+        finally:
+            PUBLISHED.labels(outcome).inc()
+
+    return wrapper
 
 
 # -- publish -------------------------------------------------------------------------
 @app.page("/api/rooms/{room}/messages")
 class RoomMessages(View):
+    @counts_publish
     async def post(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
         if request.content_type != "application/json":
@@ -99,6 +129,7 @@ class RoomMessages(View):
 class SeedPublish(View):
     """The seed's publish server: text/plain "<name>: <text>" to the chatroom topic."""
 
+    @counts_publish
     async def post(self, request: web.Request, topic: str) -> web.Response:
         if topic != settings.topic:
             return error(404, f"unknown topic {topic!r}; only {settings.topic!r} exists")
@@ -122,6 +153,9 @@ async def stream_events(request: web.Request, room: str, compat: bool) -> web.St
     if not hub.ready:
         return error(503, "the fan-out reader is not connected to Kafka yet; retry shortly")
     sub = hub.subscribe(room, compat=compat)
+    SUBSCRIPTIONS.inc()
+    if after is not None:
+        RESUMES.inc()
     try:
         if after is not None and after[0] != sub.partition:
             raise ValidationError("last_event_id", f"{token!r} does not belong to room {room!r}")
