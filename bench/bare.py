@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""The baseline: a bare aiohttp app that reads a POST body and answers 200, served the way Faust serves
+its own web app (AppRunner with access_log=None, TCPSite on 127.0.0.1), on the default asyncio loop.
+
+    python bench/bare.py PORT MAX_SECONDS
+
+Stops by itself after MAX_SECONDS (or on SIGTERM/SIGINT).
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+
+
+async def handle(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=200)
+
+
+async def main(port: int, max_seconds: float) -> None:
+    app = web.Application(client_max_size=65536)
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("READY", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.wait_for(stop.wait(), max_seconds)
+    except asyncio.TimeoutError:
+        pass
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))

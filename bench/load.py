@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Load-generator processes for bench/run.py; each runs apart from the service and stops by itself.
+
+    python bench/load.py MODE CONFIG_JSON
+
+MODE
+  post      closed loop: `concurrency` keep-alive connections, each sends a request as soon as the last
+            one was answered, for warmup + duration seconds; latencies of the requests finished in
+            the measured window
+  rate      open loop: `rate` POSTs a second for `duration` seconds over a pool of connections; each text
+            carries its message number and its *scheduled* wall-clock send time (no coordinated omission)
+  subs      `n` SSE subscribers; for every event whose text was written by `rate` (or the fan-out probe)
+            the latency (receive wall clock - scheduled send wall clock); prints READY once all are
+            connected, stops on a "stop" line on stdin
+  aiokafka  aiokafka producer (acks=all, idempotent, linger 1 ms, the service's Publisher settings),
+            `concurrency` tasks each awaiting send_and_wait: the ceiling of the service's publish path
+  produce   `n` records straight into chatroom in the service's own format (one distinct user each)
+
+Results: a JSON object in cfg["out"]; latency samples (seconds, float64) in cfg["lat"] (and the message
+numbers of `subs` samples in cfg["seq"]). The HTTP client is a minimal HTTP/1.1 keep-alive client on
+asyncio protocols (no aiohttp client), so the load side costs little CPU; its CPU share is reported.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import resource
+import sys
+import time
+import uuid
+from array import array
+from datetime import datetime, timezone
+
+_CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
+# The marker the `rate` mode and the fan-out probe put at the start of a text: E<seq> <wall time>
+_MARK = re.compile(rb'"text":"E(\d+) (\d+\.\d+) ')
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds another process (the service) has used; 0 if none is watched."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def pad_text(head: str, size: int) -> str:
+    filler = "lorem ipsum dolor sit amet consectetur adipiscing elit "
+    body = head + filler * (size // len(filler) + 1)
+    return body[:size]
+
+
+# -- a minimal HTTP/1.1 keep-alive client ---------------------------------------------------------
+class HttpConn(asyncio.Protocol):
+    """One connection; one request at a time; responses must carry Content-Length (ours all do)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is None:
+            return
+        i = self.buf.find(b"\r\n\r\n")
+        if i < 0:
+            return
+        head = bytes(self.buf[:i])
+        m = _CL.search(head)
+        if m is None:
+            self.waiter.set_exception(RuntimeError(f"response without Content-Length: {head[:200]!r}"))
+            self.waiter = None
+            return
+        end = i + 4 + int(m.group(1))
+        if len(self.buf) < end:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buf[i + 4:end])
+        del self.buf[:end]
+        w, self.waiter = self.waiter, None
+        w.set_result((status, body))
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+            self.waiter = None
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.lost:
+            raise ConnectionError("connection lost")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+async def connect(port: int) -> HttpConn:
+    _, proto = await asyncio.get_running_loop().create_connection(HttpConn, "127.0.0.1", port)
+    return proto
+
+
+def request_bytes(method: str, port: int, path: str, body: bytes = b"", ctype: str | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if ctype:
+        head += f"Content-Type: {ctype}\r\n"
+    if body or method == "POST":
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def publish_request(kind: str, port: int, room: str, user: str, text: str) -> bytes:
+    if kind == "native":
+        body = json.dumps({"user": user, "text": text}).encode()
+        return request_bytes("POST", port, f"/api/rooms/{room}/messages", body, "application/json")
+    if kind == "seed":
+        return request_bytes("POST", port, "/api/topics/chatroom", f"{user}: {text}".encode(), "text/plain")
+    raise ValueError(kind)
+
+
+# -- modes ------------------------------------------------------------------------------------------
+async def mode_post(cfg: dict) -> dict:
+    """Closed loop. cfg: port, kind (native|seed|get), path (get), room, concurrency, warmup, duration."""
+    port, c = cfg["port"], cfg["concurrency"]
+    text = pad_text("", cfg.get("text_bytes", 200))
+    reqs = []
+    for i in range(c):
+        if cfg["kind"] == "get":
+            reqs.append(request_bytes("GET", port, cfg["path"]))
+        else:
+            reqs.append(publish_request(cfg["kind"], port, cfg.get("room", "bench"), f"bench-{i}", text))
+    conns = [await connect(port) for _ in range(c)]
+    lat = array("d")
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    max_requests = cfg.get("max_requests") or 1 << 62
+    issued = 0
+    now = time.perf_counter()
+    t_start, t_end = now + cfg["warmup"], now + cfg["warmup"] + cfg["duration"]
+    cpu = {}
+
+    async def loop(conn: HttpConn, req: bytes) -> None:
+        nonlocal issued
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end or issued >= max_requests:
+                return
+            if t0 >= t_start:
+                issued += 1
+            try:
+                status, _ = await conn.request(req)
+            except (ConnectionError, RuntimeError) as exc:
+                errors.append(repr(exc))
+                return
+            t1 = time.perf_counter()
+            if t_start <= t0 and t1 <= t_end:
+                lat.append(t1 - t0)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    async def cpu_marks() -> None:
+        await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
+        cpu["start"], cpu["server_start"] = cpu_seconds(), proc_cpu(cfg.get("watch_pid"))
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        cpu["end"], cpu["server_end"] = cpu_seconds(), proc_cpu(cfg.get("watch_pid"))
+
+    tasks = [asyncio.ensure_future(loop(conn, req)) for conn, req in zip(conns, reqs)]
+    marks = asyncio.ensure_future(cpu_marks())
+    bound = cfg["warmup"] + cfg["duration"] + cfg.get("grace", 20)
+    done, pending = await asyncio.wait(tasks, timeout=bound)
+    for t in pending:
+        t.cancel()
+    if not marks.done():  # a bounded request count finished early
+        cpu["end"], cpu["server_end"] = cpu_seconds(), proc_cpu(cfg.get("watch_pid"))
+        marks.cancel()
+    window = min(time.perf_counter(), t_end) - t_start
+    for conn in conns:
+        conn.transport.close()
+    ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+    server_cpu = cpu.get("server_end", 0.0) - cpu.get("server_start", 0.0)
+    return {"completed": len(lat), "ok": ok, "statuses": statuses, "errors": errors[:5],
+            "n_errors": len(errors), "unfinished": len(pending), "window_s": window,
+            "throughput": ok / window if window > 0 else 0.0,
+            "client_cpu": ((cpu.get("end", 0.0) - cpu.get("start", 0.0)) / window) if window > 0 else None,
+            "server_cpu": server_cpu / window if window > 0 else None,
+            "server_cpu_us_per_req": 1e6 * server_cpu / ok if ok else None,
+            "_lat": lat}
+
+
+async def mode_rate(cfg: dict) -> dict:
+    """Open loop. cfg: port, kind, room, rate, duration, pool, text_bytes, drain (s after duration)."""
+    port, rate, duration = cfg["port"], cfg["rate"], cfg["duration"]
+    size = cfg.get("text_bytes", 200)
+    n_total = int(rate * duration)
+    queue: asyncio.Queue = asyncio.Queue()
+    conns = [await connect(port) for _ in range(cfg.get("pool", 32))]
+    lat = array("d")  # POST latency, from the scheduled send time
+    lag = array("d")  # how late the load generator itself sent (scheduled -> written)
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    wall0 = time.time() + 0.2
+    mono0 = time.perf_counter() + 0.2
+    hard_end = mono0 + duration + cfg.get("drain", 10)
+    sent = 0
+    cpu0 = cpu_seconds()
+
+    async def schedule() -> None:
+        k = 0
+        while k < n_total:
+            now = time.perf_counter()
+            due = int((now - mono0) * rate) + 1
+            while k < min(due, n_total):
+                queue.put_nowait(k)
+                k += 1
+            await asyncio.sleep(max(0.0, mono0 + k / rate - time.perf_counter()))
+        for _ in conns:
+            queue.put_nowait(None)
+
+    async def sender(conn: HttpConn, i: int) -> None:
+        nonlocal sent
+        while True:
+            k = await queue.get()
+            if k is None or time.perf_counter() > hard_end:
+                return
+            t_sched = k / rate
+            text = pad_text(f"E{k} {wall0 + t_sched:.6f} ", size)
+            req = publish_request(cfg["kind"], port, cfg["room"], f"bench-{i}", text)
+            lag.append(time.perf_counter() - (mono0 + t_sched))
+            try:
+                status, _ = await conn.request(req)
+            except (ConnectionError, RuntimeError) as exc:
+                errors.append(repr(exc))
+                return
+            sent += 1
+            lat.append(time.perf_counter() - (mono0 + t_sched))
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    sched = asyncio.ensure_future(schedule())
+    tasks = [asyncio.ensure_future(sender(c, i)) for i, c in enumerate(conns)]
+    done, pending = await asyncio.wait(tasks, timeout=duration + cfg.get("drain", 10) + 5)
+    for t in pending:
+        t.cancel()
+    sched.cancel()
+    elapsed = time.perf_counter() - mono0
+    for conn in conns:
+        conn.transport.close()
+    lag_sorted = sorted(lag)
+    ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+    return {"scheduled": n_total, "answered": sent, "ok": ok, "statuses": statuses,
+            "errors": errors[:5], "n_errors": len(errors), "not_sent": n_total - len(lag),
+            "achieved_rate": ok / max(elapsed, duration), "elapsed_s": elapsed,
+            "send_lag_p99_ms": 1000 * lag_sorted[int(0.99 * (len(lag_sorted) - 1))] if lag_sorted else None,
+            "client_cpu": (cpu_seconds() - cpu0) / elapsed, "_lat": lat}
+
+
+class SseSub(asyncio.Protocol):
+    """One SSE stream; records (receive time - marked send time) for each marked event."""
+
+    def __init__(self, shared: "SubsShared") -> None:
+        self.shared = shared
+        self.buf = b""
+        self.headers_done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.events = 0
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buf + data
+        if not self.headers_done.done():
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                self.buf = buf
+                return
+            self.headers_done.set_result(int(buf[9:12]))
+            buf = buf[i + 4:]
+        j = buf.rfind(b"\n\n")
+        if j < 0:
+            self.buf = buf
+            return
+        self.buf = buf[j + 2:]
+        sh = self.shared
+        for m in _MARK.finditer(buf, 0, j + 2):
+            sh.lat.append(now - float(m.group(2)))
+            sh.seq.append(int(m.group(1)))
+            self.events += 1
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if not self.headers_done.done():
+            self.headers_done.set_exception(ConnectionError("closed before the headers"))
+        elif not self.shared.stopping:
+            self.shared.disconnects += 1
+
+
+class SubsShared:
+    def __init__(self) -> None:
+        self.lat = array("d")
+        self.seq = array("q")
+        self.disconnects = 0
+        self.stopping = False
+
+
+async def mode_subs(cfg: dict) -> dict:
+    """cfg: port, path, n, connect_concurrency, max_seconds."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    port, n = cfg["port"], cfg["n"]
+    shared = SubsShared()
+    req = (f"GET {cfg['path']} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+           f"Cache-Control: no-cache\r\n\r\n").encode()
+    gate = asyncio.Semaphore(cfg.get("connect_concurrency", 64))
+    subs: list[SseSub] = []
+    failures: list[str] = []
+
+    async def one() -> None:
+        async with gate:
+            try:
+                transport, proto = await loop.create_connection(lambda: SseSub(shared), "127.0.0.1", port)
+                transport.write(req)
+                status = await asyncio.wait_for(proto.headers_done, 30)
+                if status != 200:
+                    failures.append(f"status {status}")
+                    transport.close()
+                    return
+                proto.transport = transport
+                subs.append(proto)
+            except (OSError, asyncio.TimeoutError) as exc:
+                failures.append(repr(exc))
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), cfg.get("max_seconds", 600))
+    connect_s = time.perf_counter() - t0
+    print(f"READY {len(subs)} {len(failures)}", flush=True)
+    stop = asyncio.Event()
+
+    def on_stdin() -> None:
+        line = sys.stdin.readline()
+        if not line or line.strip() == "stop":
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    try:
+        await asyncio.wait_for(stop.wait(), cfg.get("max_seconds", 600))
+    except asyncio.TimeoutError:
+        pass
+    shared.stopping = True
+    for s in subs:
+        s.transport.close()
+    counts = sorted(s.events for s in subs)
+    return {"connected": len(subs), "failed": len(failures), "failures": failures[:5],
+            "connect_s": connect_s, "events": len(shared.lat), "disconnects": shared.disconnects,
+            "per_sub_min": counts[0] if counts else 0, "per_sub_max": counts[-1] if counts else 0,
+            "_lat": shared.lat, "_seq": shared.seq}
+
+
+async def mode_aiokafka(cfg: dict) -> dict:
+    """cfg: bootstrap, topic, concurrency, warmup, duration, record_bytes."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=cfg["bootstrap"], acks="all", enable_idempotence=True,
+                                linger_ms=1, client_id="bench-aiokafka")
+    await producer.start()
+    value = b"x" * cfg.get("record_bytes", 200)
+    lat = array("d")
+    now = time.perf_counter()
+    t_start, t_end = now + cfg["warmup"], now + cfg["warmup"] + cfg["duration"]
+    cpu = {}
+
+    async def loop(i: int) -> None:
+        key = f"room-{i}".encode()
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            await producer.send_and_wait(cfg["topic"], value, key=key)
+            t1 = time.perf_counter()
+            if t_start <= t0 and t1 <= t_end:
+                lat.append(t1 - t0)
+
+    async def cpu_marks() -> None:
+        await asyncio.sleep(cfg["warmup"])
+        cpu["start"] = cpu_seconds()
+        await asyncio.sleep(cfg["duration"])
+        cpu["end"] = cpu_seconds()
+
+    marks = asyncio.ensure_future(cpu_marks())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(loop(i) for i in range(cfg["concurrency"]))),
+                               cfg["warmup"] + cfg["duration"] + 30)
+    finally:
+        await producer.stop()
+    await marks
+    return {"completed": len(lat), "ok": len(lat), "window_s": cfg["duration"],
+            "throughput": len(lat) / cfg["duration"],
+            "client_cpu": (cpu["end"] - cpu["start"]) / cfg["duration"], "_lat": lat}
+
+
+async def mode_produce(cfg: dict) -> dict:
+    """cfg: bootstrap, topic, n, user_prefix, rooms. One message per distinct user, keyed by room."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=cfg["bootstrap"], acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=256 * 1024, client_id="bench-produce")
+    await producer.start()
+    t0 = time.perf_counter()
+    sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    text = pad_text("", 60)
+    futs = []
+    try:
+        for i in range(cfg["n"]):
+            room = f"stats-{i % cfg['rooms']}"
+            value = json.dumps({"id": uuid.uuid4().hex, "room": room, "user": f"{cfg['user_prefix']}{i}",
+                                "text": text, "sent_at": sent_at}).encode()
+            futs.append(await producer.send(cfg["topic"], value, key=room.encode()))
+            if len(futs) >= 5000:
+                await asyncio.gather(*futs)
+                futs.clear()
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+    elapsed = time.perf_counter() - t0
+    return {"produced": cfg["n"], "elapsed_s": elapsed, "rate": cfg["n"] / elapsed}
+
+
+MODES = {"post": mode_post, "rate": mode_rate, "subs": mode_subs, "aiokafka": mode_aiokafka,
+         "produce": mode_produce}
+
+
+def main() -> None:
+    mode, cfg = sys.argv[1], json.loads(sys.argv[2])
+    result = asyncio.run(asyncio.wait_for(MODES[mode](cfg), cfg.get("max_seconds", 600) + 30))
+    lat = result.pop("_lat", None)
+    seq = result.pop("_seq", None)
+    if lat is not None and cfg.get("lat"):
+        with open(cfg["lat"], "wb") as f:
+            lat.tofile(f)
+    if seq is not None and cfg.get("seq"):
+        with open(cfg["seq"], "wb") as f:
+            seq.tofile(f)
+    result["pid"] = os.getpid()
+    with open(cfg["out"], "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

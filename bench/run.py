@@ -1,0 +1,799 @@
+#!/usr/bin/env python3
+"""kchat benchmarks: publish throughput and latency against its baselines, end-to-end latency to SSE
+subscribers, fan-out capacity, /stats/users latency, and worker profiles. Measures; never fails on timing.
+
+    .venv/bin/python bench/run.py                 # everything (~15 minutes)
+    .venv/bin/python bench/run.py --quick         # a 2-3 minute smoke with short runs and fewer clients
+    .venv/bin/python bench/run.py --sections publish,baselines
+
+It starts its own one-broker Kafka (scripts/kafka-local, fresh state in a temp dir, free ports) and real
+workers (`faust -A kchat_faust worker`, KCHAT_REPLICATION_FACTOR=1), runs every load in its own process
+(bench/load.py; the bare aiohttp baseline is bench/bare.py), prints a table and writes
+bench/results/bench-<time>.json with a latency CDF plot (.png) beside it, and py-spy profiles (.txt,
+collapsed stacks that speedscope opens) when the profile section runs.
+
+Sections: publish, baselines, e2e, fanout, stats, profile (default: all).
+Every figure is printed with its target and whether it is met; the machine is shared, so figures are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+sys.path.insert(0, str(REPO))
+
+from tests.support.kafka import KafkaCluster, create_topic, run_kafka_local  # noqa: E402
+from tests.support.worker import Worker  # noqa: E402
+
+PY = sys.executable
+PYSPY = str(Path(PY).with_name("py-spy"))
+SECTIONS = ("publish", "baselines", "e2e", "fanout", "stats", "profile")
+TEXT_BYTES = 200
+
+
+# -- small helpers -----------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def proc_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def quiesce(pid: int, limit: float = 30.0, below: float = 0.10) -> float:
+    """Wait until the process uses < `below` of a core over half a second (at most `limit` s)."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        c0 = proc_cpu(pid)
+        time.sleep(0.5)
+        if (proc_cpu(pid) - c0) / 0.5 < below:
+            break
+    return time.monotonic() - began
+
+
+def pcts(lat_s: np.ndarray) -> dict:
+    if lat_s is None or len(lat_s) == 0:
+        return {"n": 0}
+    ms = lat_s * 1000.0
+    p50, p95, p99, p999 = np.percentile(ms, [50, 95, 99, 99.9])
+    return {"n": int(len(ms)), "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
+            "p999_ms": float(p999), "max_ms": float(ms.max()), "mean_ms": float(ms.mean())}
+
+
+class Ctx:
+    """What a run shares: options, dirs, the cluster, the main worker, results and rows of the table."""
+
+    def __init__(self, args, stamp: str) -> None:
+        self.args = args
+        self.stamp = stamp
+        self.tmp = Path(tempfile.mkdtemp(prefix="kchat-bench-"))
+        self.results_dir = BENCH / "results"
+        self.results_dir.mkdir(exist_ok=True)
+        self.base = self.results_dir / f"bench-{stamp}"
+        self.cluster: KafkaCluster | None = None
+        self.bootstrap = ""
+        self.workers: list[Worker] = []
+        self.worker: Worker | None = None
+        self.children: list[subprocess.Popen] = []
+        self.results: dict = {}
+        self.cdf: dict[str, dict[str, np.ndarray]] = {"publish": {}, "e2e": {}, "fanout": {}, "stats": {}}
+        self.rows: list[tuple] = []
+        self.seq = 0
+
+    def path(self, name: str) -> str:
+        self.seq += 1
+        return str(self.tmp / f"{self.seq:03d}-{name}")
+
+    def row(self, section: str, figure: str, value: str, target: str = "", met: bool | None = None) -> None:
+        self.rows.append((section, figure, value, target, "" if met is None else ("yes" if met else "NO")))
+        log(f"{section}: {figure} = {value}" + (f"  (target {target}: {'met' if met else 'NOT met'})"
+                                                 if met is not None else ""))
+
+
+# -- processes ---------------------------------------------------------------------------------
+def load_cmd(mode: str, cfg: dict) -> list[str]:
+    return [PY, str(BENCH / "load.py"), mode, json.dumps(cfg)]
+
+
+def run_load(ctx: Ctx, mode: str, cfg: dict, timeout: float) -> dict:
+    """Run one load process to completion; its result dict, with "lat" (seconds) as a numpy array."""
+    name = f"{mode}"
+    cfg = {**cfg, "out": ctx.path(name + ".json"), "lat": ctx.path(name + ".lat"), "max_seconds": timeout}
+    proc = subprocess.Popen(load_cmd(mode, cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx.children.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"load process {mode} overran {timeout + 60:.0f}s")
+    finally:
+        ctx.children.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load process {mode} failed ({proc.returncode}): {err[-2000:]}")
+    result = json.loads(Path(cfg["out"]).read_text())
+    lat_path = Path(cfg["lat"])
+    result["lat"] = np.fromfile(lat_path, dtype=np.float64) if lat_path.exists() else np.empty(0)
+    return result
+
+
+class Subscribers:
+    """n SSE subscribers over several client processes (at most per_proc each)."""
+
+    def __init__(self, ctx: Ctx, port: int, path: str, n: int, per_proc: int = 2500,
+                 max_seconds: float = 600, connect_concurrency: int = 64) -> None:
+        self.ctx = ctx
+        self.procs: list[tuple[subprocess.Popen, dict]] = []
+        nproc = max(1, math.ceil(n / per_proc))
+        for i in range(nproc):
+            share = n // nproc + (1 if i < n % nproc else 0)
+            cfg = {"port": port, "path": path, "n": share, "max_seconds": max_seconds,
+                   "connect_concurrency": connect_concurrency,
+                   "out": ctx.path("subs.json"), "lat": ctx.path("subs.lat"), "seq": ctx.path("subs.seq")}
+            p = subprocess.Popen(load_cmd("subs", cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            ctx.children.append(p)
+            self.procs.append((p, cfg))
+
+    def wait_ready(self, timeout: float) -> tuple[int, int]:
+        connected = failed = 0
+        deadline = time.monotonic() + timeout
+        for p, _ in self.procs:
+            line = ""
+            while time.monotonic() < deadline and not line.startswith("READY"):
+                line = p.stdout.readline()
+                if not line and p.poll() is not None:
+                    raise RuntimeError(f"subscriber process exited: {p.stderr.read()[-2000:]}")
+            if not line.startswith("READY"):
+                raise RuntimeError("subscribers did not connect in time")
+            _, ok, bad = line.split()
+            connected += int(ok)
+            failed += int(bad)
+        return connected, failed
+
+    def stop(self) -> dict:
+        for p, _ in self.procs:
+            try:
+                p.stdin.write("stop\n")
+                p.stdin.flush()
+            except OSError:
+                pass
+        agg = {"connected": 0, "failed": 0, "events": 0, "disconnects": 0, "per_sub_min": None,
+               "per_sub_max": 0, "connect_s": 0.0, "failures": []}
+        lats, seqs = [], []
+        for p, cfg in self.procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            finally:
+                self.ctx.children.remove(p)
+            if p.returncode != 0 or not Path(cfg["out"]).exists():
+                agg["failures"].append(f"subscriber process exit {p.returncode}: {p.stderr.read()[-500:]}")
+                continue
+            r = json.loads(Path(cfg["out"]).read_text())
+            for k in ("connected", "failed", "events", "disconnects"):
+                agg[k] += r[k]
+            agg["per_sub_min"] = r["per_sub_min"] if agg["per_sub_min"] is None else min(agg["per_sub_min"],
+                                                                                           r["per_sub_min"])
+            agg["per_sub_max"] = max(agg["per_sub_max"], r["per_sub_max"])
+            agg["connect_s"] = max(agg["connect_s"], r["connect_s"])
+            agg["failures"] += r["failures"]
+            lats.append(np.fromfile(cfg["lat"], dtype=np.float64))
+            seqs.append(np.fromfile(cfg["seq"], dtype=np.int64))
+        agg["lat"] = np.concatenate(lats) if lats else np.empty(0)
+        agg["seqs"] = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
+        return agg
+
+
+def start_worker(ctx: Ctx, name: str) -> Worker:
+    w = Worker(ctx.bootstrap, ctx.tmp / name, {"KCHAT_REPLICATION_FACTOR": "1"})
+    ctx.workers.append(w)
+    log(f"starting worker {name}")
+    w.start(timeout=180)
+    log(f"worker {name} ready on {w.url} (pid {w.proc.pid}); warming it up")
+    # A fresh worker is slow for its first seconds (connections, first batches, agents' first
+    # commits): load it a little, unrecorded, so the first cell measured is not its start-up.
+    run_load(ctx, "post", {"port": w.port, "kind": "native", "concurrency": 16, "room": "warmup",
+                           "warmup": 0.0, "duration": 3.0, "text_bytes": TEXT_BYTES}, timeout=60)
+    quiesce(w.proc.pid)
+    return w
+
+
+def post_json(url: str, body: dict, timeout: float = 15) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def get_json(url: str, timeout: float = 30) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+# -- sections ----------------------------------------------------------------------------------
+def closed_loop(ctx: Ctx, port: int, kind: str, c: int, watch_pid: int, duration: float,
+                warmup: float, path: str = "", max_requests: int = 0) -> dict:
+    quiesce(watch_pid)
+    return run_load(ctx, "post", {"port": port, "kind": kind, "path": path, "concurrency": c,
+                                  "room": "bench", "warmup": warmup, "duration": duration,
+                                  "text_bytes": TEXT_BYTES, "max_requests": max_requests,
+                                  "watch_pid": watch_pid},
+                    timeout=warmup + duration + 60)
+
+
+def us(x) -> str:
+    return "?" if x is None else f"{x:.0f}"
+
+
+def fmt_lat(p: dict) -> str:
+    if not p.get("n"):
+        return "no samples"
+    return f"p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms"
+
+
+def section_publish(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("publish", {})
+    for kind in ("native", "seed"):
+        for c in a.concurrency:
+            log(f"publish {kind} c={c} for {a.duration}s")
+            r = closed_loop(ctx, ctx.worker.port, kind, c, ctx.worker.proc.pid, a.duration, a.warmup)
+            p = pcts(r["lat"])
+            if c == max(a.concurrency):
+                ctx.cdf["publish"][f"kchat {kind} c={c}"] = r["lat"]
+            good = r["ok"] == r["completed"] and not r["n_errors"]
+            out[f"{kind}_c{c}"] = {**{k: v for k, v in r.items() if k != "lat"}, "latency": p}
+            label = "POST /api/rooms/{room}/messages" if kind == "native" else "POST /api/topics/chatroom"
+            ctx.row("publish", f"{label} c={c}",
+                    f"{r['throughput']:.0f} msg/s, {fmt_lat(p)}, worker {us(r['server_cpu_us_per_req'])} us CPU/msg, "
+                    f"client {100 * r['client_cpu']:.0f}% of a core"
+                    + ("" if good else f", statuses {r['statuses']} errors {r['n_errors']}"))
+
+
+def section_baselines(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("baselines", {})
+    # 1. a bare aiohttp handler, same client, same bytes
+    port = free_port()
+    bare = subprocess.Popen([PY, str(BENCH / "bare.py"), str(port), str(len(a.concurrency) * (a.duration + a.warmup + 60) + 60)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx.children.append(bare)
+    try:
+        if not bare.stdout.readline().startswith("READY"):
+            raise RuntimeError(f"bare aiohttp app did not start: {bare.stderr.read()[-1000:]}")
+        for c in a.concurrency:
+            log(f"bare aiohttp c={c} for {a.duration}s")
+            r = closed_loop(ctx, port, "native", c, bare.pid, a.duration, a.warmup)
+            p = pcts(r["lat"])
+            if c == max(a.concurrency):
+                ctx.cdf["publish"][f"bare aiohttp c={c}"] = r["lat"]
+            out[f"bare_aiohttp_c{c}"] = {**{k: v for k, v in r.items() if k != "lat"}, "latency": p}
+            ctx.row("baseline", f"bare aiohttp POST -> 200 c={c}",
+                    f"{r['throughput']:.0f} req/s, {fmt_lat(p)}, server {us(r['server_cpu_us_per_req'])} us CPU/req, "
+                    f"client {100 * r['client_cpu']:.0f}% of a core")
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        try:
+            bare.wait(15)
+        except subprocess.TimeoutExpired:
+            bare.kill()
+            bare.wait()
+        ctx.children.remove(bare)
+
+    # 2. aiokafka alone with the Publisher's settings: the ceiling of the service's publish path
+    create_topic(ctx.bootstrap, "bench-aiokafka", 12, 1)
+    for c in a.concurrency:
+        log(f"aiokafka send_and_wait c={c} for {a.duration}s")
+        r = run_load(ctx, "aiokafka", {"bootstrap": ctx.bootstrap, "topic": "bench-aiokafka", "concurrency": c,
+                                       "warmup": a.warmup, "duration": a.duration, "record_bytes": TEXT_BYTES},
+                     timeout=a.warmup + a.duration + 60)
+        p = pcts(r["lat"])
+        if c == max(a.concurrency):
+            ctx.cdf["publish"][f"aiokafka send_and_wait c={c}"] = r["lat"]
+        out[f"aiokafka_c{c}"] = {**{k: v for k, v in r.items() if k != "lat"}, "latency": p}
+        ctx.row("baseline", f"aiokafka send_and_wait (acks=all, idempotent) c={c}",
+                f"{r['throughput']:.0f} msg/s, {fmt_lat(p)}, client {100 * r['client_cpu']:.0f}% of a core")
+
+    # 3. Kafka's own ProducerPerformance, acks=all, same record size, as fast as it can
+    create_topic(ctx.bootstrap, "bench-perf", 12, 1)
+    lib = run_kafka_local("fetch").stdout.strip().splitlines()[-1]
+    cmd = ["java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", f"{lib}/*", "org.apache.kafka.tools.ProducerPerformance",
+           "--topic", "bench-perf", "--num-records", str(a.kafka_records), "--record-size", str(TEXT_BYTES),
+           "--throughput", "-1", "--producer-props", f"bootstrap.servers={ctx.bootstrap}", "acks=all"]
+    log(f"Kafka ProducerPerformance, {a.kafka_records} records")
+    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    last = [ln for ln in cp.stdout.splitlines() if "records sent" in ln]
+    if cp.returncode != 0 or not last:
+        out["kafka_producer_perf"] = {"error": (cp.stderr or cp.stdout)[-1000:]}
+        ctx.row("baseline", "Kafka ProducerPerformance", f"failed: {(cp.stderr or cp.stdout).strip()[-200:]}")
+        return
+    import re
+    m = re.search(r"([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, ([\d.]+) ms max latency, "
+                  r"(\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th", last[-1])
+    res = {"line": last[-1], "records": a.kafka_records}
+    if m:
+        res.update(throughput=float(m.group(1)), mb_s=float(m.group(2)), avg_ms=float(m.group(3)),
+                   p50_ms=float(m.group(5)), p99_ms=float(m.group(7)))
+    out["kafka_producer_perf"] = res
+    ctx.row("baseline", "Kafka ProducerPerformance (acks=all, 200 B, unthrottled, batched)",
+            f"{res.get('throughput', 0):.0f} msg/s, p50 {res.get('p50_ms', float('nan')):.0f} ms, "
+            f"p99 {res.get('p99_ms', float('nan')):.0f} ms")
+
+
+def ratios(ctx: Ctx) -> None:
+    pub, base = ctx.results.get("publish", {}), ctx.results.get("baselines", {})
+    if not pub or not base:
+        return
+    out = ctx.results.setdefault("ratios", {})
+    kafka = base.get("kafka_producer_perf", {}).get("throughput")
+    for kind in ("native", "seed"):
+        for c in ctx.args.concurrency:
+            r = pub.get(f"{kind}_c{c}")
+            bare = base.get(f"bare_aiohttp_c{c}")
+            aiok = base.get(f"aiokafka_c{c}")
+            if not r or not bare:
+                continue
+            x = r["throughput"] / bare["throughput"] if bare["throughput"] else 0.0
+            out[f"{kind}_c{c}_over_bare"] = x
+            target = c == max(ctx.args.concurrency)
+            ctx.row("ratio", f"{kind} c={c} / bare aiohttp c={c}", f"{100 * x:.1f}%",
+                    ">= 40% at c=64" if target else "", (x >= 0.40) if target else None)
+            # Less sensitive to a busy machine: the server CPU each needs per request.
+            if r.get("server_cpu_us_per_req") and bare.get("server_cpu_us_per_req"):
+                y = bare["server_cpu_us_per_req"] / r["server_cpu_us_per_req"]
+                out[f"{kind}_c{c}_cpu_ratio"] = y
+                ctx.row("ratio", f"{kind} c={c}: bare CPU/req / worker CPU/msg",
+                        f"{100 * y:.1f}% ({bare['server_cpu_us_per_req']:.0f} / {r['server_cpu_us_per_req']:.0f} us)")
+            if aiok and aiok["throughput"]:
+                out[f"{kind}_c{c}_over_aiokafka"] = r["throughput"] / aiok["throughput"]
+                ctx.row("ratio", f"{kind} c={c} / aiokafka send_and_wait c={c}",
+                        f"{100 * r['throughput'] / aiok['throughput']:.1f}%")
+            if kafka:
+                out[f"{kind}_c{c}_over_kafka"] = r["throughput"] / kafka
+                ctx.row("ratio", f"{kind} c={c} / Kafka ProducerPerformance", f"{100 * r['throughput'] / kafka:.2f}%")
+
+
+def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, tag: str = "") -> dict:
+    room = f"e2e{tag}-{rate}-{nsubs}-{ctx.seq}"
+    subs = Subscribers(ctx, worker.port, f"/api/rooms/{room}/events", nsubs, per_proc=250,
+                       max_seconds=duration + 300)
+    try:
+        connected, failed = subs.wait_ready(120)
+        quiesce(worker.proc.pid)
+        cpu0 = proc_cpu(worker.proc.pid)
+        pool = 64 if rate >= 500 else 16
+        pub = run_load(ctx, "rate", {"port": worker.port, "kind": "native", "room": room, "rate": rate,
+                                     "duration": duration, "pool": pool, "text_bytes": TEXT_BYTES, "drain": 10},
+                       timeout=duration + 60)
+        time.sleep(2.0)  # let the last events arrive
+        cpu = proc_cpu(worker.proc.pid) - cpu0
+    finally:
+        res = subs.stop()
+    expected = pub["ok"] * connected
+    return {"rate": rate, "subscribers": nsubs, "connected": connected, "connect_failed": failed,
+            "published_ok": pub["ok"], "achieved_rate": pub["achieved_rate"], "publish_statuses": pub["statuses"],
+            "publish_latency": pcts(pub["lat"]), "send_lag_p99_ms": pub["send_lag_p99_ms"],
+            "loadgen_cpu": pub["client_cpu"],
+            "events": res["events"], "expected": expected,
+            "delivered_fraction": res["events"] / expected if expected else 0.0,
+            "disconnects": res["disconnects"], "per_sub_min": res["per_sub_min"], "per_sub_max": res["per_sub_max"],
+            "worker_cpu_share": cpu / (pub["elapsed_s"] + 2.0),
+            "latency": pcts(res["lat"]), "_lat": res["lat"]}
+
+
+def section_e2e(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("e2e", {})
+    for rate in a.e2e_rates:
+        for nsubs in a.e2e_subs:
+            log(f"end to end: {rate} msg/s, {nsubs} subscribers, {a.e2e_duration}s")
+            r = e2e_cell(ctx, rate, nsubs, a.e2e_duration, ctx.worker)
+            lat = r.pop("_lat")
+            ctx.cdf["e2e"][f"{rate}/s x {nsubs} subs"] = lat
+            out[f"r{rate}_s{nsubs}"] = r
+            p = r["latency"]
+            target = rate == 1000 and nsubs == 1000
+            met = None
+            if target:
+                met = bool(p.get("n")) and p["p50_ms"] < 5 and p["p99_ms"] < 25 and r["delivered_fraction"] > 0.999
+            val = ("no events" if not p.get("n") else
+                   f"p50 {p['p50_ms']:.1f} / p95 {p['p95_ms']:.1f} / p99 {p['p99_ms']:.1f} ms")
+            val += (f"; {r['achieved_rate']:.0f} msg/s published, {100 * r['delivered_fraction']:.1f}% delivered, "
+                    f"{r['disconnects']} dropped, worker {100 * r['worker_cpu_share']:.0f}% CPU")
+            ctx.row("e2e", f"POST sent -> SSE event, {rate} msg/s x {nsubs} subs", val,
+                    "p50 < 5 ms, p99 < 25 ms (all delivered)" if target else "", met)
+
+
+def section_fanout(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("fanout", {})
+    w = ctx.worker
+    pid = w.proc.pid
+    room = f"fanout-{ctx.seq}"
+    quiesce(pid)
+    rss0 = proc_rss_kb(pid)
+    n = a.fanout_subs
+    log(f"fan-out: connecting {n} idle SSE subscribers to one worker (RSS before {rss0 / 1024:.1f} MiB)")
+    subs = Subscribers(ctx, w.port, f"/api/rooms/{room}/events", n, per_proc=2500, max_seconds=900,
+                       connect_concurrency=100)
+    probes = []
+    try:
+        t0 = time.monotonic()
+        connected, failed = subs.wait_ready(600)
+        connect_s = time.monotonic() - t0
+        time.sleep(2.0)
+        quiesce(pid)
+        rss1 = proc_rss_kb(pid)
+        log(f"fan-out: {connected} connected ({failed} failed) in {connect_s:.1f}s; RSS {rss1 / 1024:.1f} MiB")
+        for k in range(a.fanout_probes):
+            quiesce(pid, limit=10)
+            sent = time.time()
+            text = f"E{k} {sent:.6f} " + "x" * (TEXT_BYTES - 30)
+            post_json(f"{w.url}/api/rooms/{room}/messages", {"user": "probe", "text": text[:TEXT_BYTES]})
+            time.sleep(a.fanout_wait)
+    finally:
+        res = subs.stop()
+    rss2 = proc_rss_kb(pid)
+    per_sub = (rss1 - rss0) * 1024 / max(connected, 1)
+    for k in range(a.fanout_probes):
+        lat = res["lat"][res["seqs"] == k]
+        probes.append({"received": int(len(lat)), "all_ms": float(lat.max() * 1000) if len(lat) else None,
+                       **pcts(lat)})
+    ctx.cdf["fanout"][f"{connected} subs, one message"] = res["lat"]
+    full = [p for p in probes if p["received"] == connected]
+    all_ms = sorted(p["all_ms"] for p in full)
+    median_all = all_ms[len(all_ms) // 2] if all_ms else None
+    out.update({"subscribers": n, "connected": connected, "failed": failed, "connect_s": connect_s,
+                "rss_before_kb": rss0, "rss_after_kb": rss1, "rss_after_disconnect_kb": rss2,
+                "rss_per_subscriber_bytes": per_sub, "probes": probes, "median_time_to_all_ms": median_all,
+                "disconnects": res["disconnects"]})
+    ctx.row("fanout", f"worker RSS per idle SSE subscriber ({connected} connected)",
+            f"{per_sub / 1024:.1f} KB ({rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB; "
+            f"{rss2 / 1024:.0f} MiB after they left)", "< 15 KB", per_sub < 15 * 1024)
+    val = ("never reached all" if median_all is None else
+           f"{median_all:.0f} ms median of {len(full)} messages (each: " +
+           ", ".join(f"{p['all_ms']:.0f}" for p in full) + " ms)")
+    if len(full) < len(probes):
+        val += f"; {len(probes) - len(full)} message(s) missed some subscribers"
+    ctx.row("fanout", f"one message to all {connected} subscribers", val, "< 250 ms",
+            median_all is not None and median_all < 250 and len(full) == len(probes))
+    ctx.row("fanout", f"connect {connected} subscribers", f"{connect_s:.1f} s ({failed} failed)")
+
+
+def section_stats(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("stats", {})
+    wa = ctx.worker
+    wb = next((w for w in ctx.workers if w is not wa and w.proc and w.proc.poll() is None), None) \
+        or start_worker(ctx, "worker-b")
+    for w in (wa, wb):
+        w.wait_ready(180)
+    prefix = f"su{ctx.stamp[-6:]}-"
+    n = a.stats_users
+    log(f"stats: producing {n} messages from {n} distinct users straight into chatroom")
+    t0 = time.monotonic()
+    prod = run_load(ctx, "produce", {"bootstrap": ctx.bootstrap, "topic": "chatroom", "n": n,
+                                     "user_prefix": prefix, "rooms": 100}, timeout=600)
+    log(f"stats: produced at {prod['rate']:.0f} msg/s; waiting until the counts are complete")
+    counted = 0
+    deadline = time.monotonic() + a.stats_wait
+    while time.monotonic() < deadline:
+        try:
+            users = get_json(f"{wa.url}/stats/users", timeout=60)["users"]
+            counted = sum(1 for u in users if u.startswith(prefix))
+        except OSError as exc:
+            log(f"stats: poll failed ({exc}); retrying")
+        if counted >= n:
+            break
+        time.sleep(3)
+    count_s = time.monotonic() - t0
+    out.update({"users": n, "produce_rate": prod["rate"], "counted": counted, "count_complete_s": count_s,
+                "counting_rate": n / count_s if counted >= n else None})
+    ctx.row("stats", f"{n} users counted (2 workers)",
+            f"{counted}/{n} after {count_s:.0f} s" + (f" (~{n / count_s:.0f} msg/s counted)" if counted >= n else ""))
+    for name, w in (("worker A", wa), ("worker B", wb)):
+        log(f"stats: GET /stats/users on {name}, c=1, {a.stats_requests} requests")
+        r = closed_loop(ctx, w.port, "get", 1, w.proc.pid, a.stats_duration, 1.0, path="/stats/users",
+                        max_requests=a.stats_requests)
+        p = pcts(r["lat"])
+        ctx.cdf["stats"][f"GET /stats/users {name}"] = r["lat"]
+        out[name.replace(" ", "_")] = {**{k: v for k, v in r.items() if k != "lat"}, "latency": p}
+        ctx.row("stats", f"GET /stats/users on {name}, {counted} users, c=1",
+                f"{fmt_lat(p)} ({r['ok']} requests)", "p99 < 50 ms", bool(p.get("n")) and p["p99_ms"] < 50)
+
+
+def pyspy_summary(raw: Path, top: int = 15) -> dict:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_s: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = [f for f in stack.split(";") if " (" in f]
+        if not frames:
+            continue
+        self_s[frames[-1]] = self_s.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+    def share(d):
+        return [(f, round(100 * v / total, 1)) for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples": total, "self": share(self_s), "inclusive": share(incl)}
+
+
+def profiled(ctx: Ctx, name: str, duration: float, pid: int, run) -> dict:
+    raw = Path(f"{ctx.base}-profile-{name}.txt")
+    spy = subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--duration", str(int(duration)),
+                            "--rate", "100", "--nonblocking", "--function", "--format", "raw",
+                            "--output", str(raw)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx.children.append(spy)
+    try:
+        time.sleep(1.0)
+        cpu0 = proc_cpu(pid)
+        t0 = time.monotonic()
+        run()
+        cpu_share = (proc_cpu(pid) - cpu0) / (time.monotonic() - t0)
+        spy.wait(timeout=duration + 120)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+        ctx.children.remove(spy)
+    if not raw.exists():
+        return {"error": spy.stderr.read()[-1000:]}
+    s = pyspy_summary(raw)
+    s.update(file=str(raw.relative_to(REPO)), worker_cpu_share=cpu_share)
+    return s
+
+
+def section_profile(ctx: Ctx) -> None:
+    a = ctx.args
+    out = ctx.results.setdefault("profile", {})
+    w = ctx.worker
+    d = a.profile_duration
+    quiesce(w.proc.pid)
+    log(f"profile: py-spy on the worker under publish load (native, c=64) for {d}s")
+    box = {}
+    out["publish"] = profiled(ctx, "publish", d, w.proc.pid, lambda: box.update(
+        pub=run_load(ctx, "post", {"port": w.port, "kind": "native", "concurrency": 64, "room": "bench",
+                                   "warmup": 0.0, "duration": d, "text_bytes": TEXT_BYTES}, timeout=d + 60)))
+    if "pub" in box:
+        out["publish"]["throughput_under_profiler"] = box["pub"]["throughput"]
+    quiesce(w.proc.pid)
+    rate, nsubs = a.profile_fanout
+    log(f"profile: py-spy on the worker under fan-out load ({rate} msg/s x {nsubs} subscribers) for {d}s")
+    out["fanout"] = profiled(ctx, "fanout", d, w.proc.pid,
+                             lambda: box.update(e2e=e2e_cell(ctx, rate, nsubs, d, w, tag="prof")))
+    if "e2e" in box:
+        box["e2e"].pop("_lat", None)
+        out["fanout"]["cell_under_profiler"] = box["e2e"]
+    for name in ("publish", "fanout"):
+        s = out[name]
+        if "self" not in s:
+            ctx.row("profile", name, f"py-spy failed: {s.get('error', '')[-200:]}")
+            continue
+        ctx.row("profile", f"{name}: worker CPU", f"{100 * s['worker_cpu_share']:.0f}% of a core; "
+                f"{s['samples']} samples in {s['file']}")
+        for fn, pct in s["self"][:8]:
+            ctx.row("profile", f"{name} self", f"{pct:5.1f}%  {fn}")
+
+
+# -- report ------------------------------------------------------------------------------------
+def plot(ctx: Ctx, png: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot")
+        return False
+    panels = [(k, v) for k, v in ctx.cdf.items() if any(len(x) for x in v.values())]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    titles = {"publish": "publish: POST latency (closed loop)", "e2e": "end to end: POST sent -> SSE event",
+              "fanout": "fan-out: one message -> each idle subscriber", "stats": "GET /stats/users"}
+    for ax, (key, curves) in zip(axes[0], panels):
+        for label, lat in curves.items():
+            if not len(lat):
+                continue
+            ms = np.sort(lat * 1000.0)
+            if len(ms) > 100_000:
+                ms = ms[np.linspace(0, len(ms) - 1, 100_000).astype(int)]
+            ax.plot(np.maximum(ms, 1e-3), np.linspace(0, 1, len(ms)), label=f"{label} (n={len(lat)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("fraction")
+        ax.set_title(titles[key], fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"kchat bench {ctx.stamp} ({os.cpu_count()} cpus, shared machine: noisy)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_table(ctx: Ctx) -> None:
+    w = [max(len(str(r[i])) for r in ctx.rows + [("section", "figure", "value", "target", "met")])
+         for i in range(5)]
+    w[2] = min(w[2], 110)
+    head = ("section", "figure", "value", "target", "met")
+    line = "  ".join(h.ljust(w[i]) for i, h in enumerate(head))
+    print(line)
+    print("-" * len(line))
+    for r in ctx.rows:
+        print("  ".join(str(x).ljust(w[i]) for i, x in enumerate(r)))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: short durations, 2,000 fan-out subscribers, 10,000 stats users")
+    ap.add_argument("--duration", type=float, help="seconds per publish/baseline cell (10; quick 3)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds before each cell (2; quick 1)")
+    ap.add_argument("--concurrency", default="1,16,64", help="publish concurrencies (1,16,64)")
+    ap.add_argument("--kafka-records", type=int, help="ProducerPerformance records (1,000,000; quick 200,000)")
+    ap.add_argument("--e2e-duration", type=float, help="seconds of load per end-to-end cell (15; quick 4)")
+    ap.add_argument("--e2e-rates", default="100,1000", help="messages per second (100,1000)")
+    ap.add_argument("--e2e-subs", default="1,100,1000", help="subscriber counts (1,100,1000)")
+    ap.add_argument("--fanout-subs", type=int, help="idle subscribers on one worker (10,000; quick 2,000)")
+    ap.add_argument("--fanout-probes", type=int, help="messages sent to all of them (5; quick 3)")
+    ap.add_argument("--fanout-wait", type=float, default=2.0, help="seconds between probe messages (2)")
+    ap.add_argument("--stats-users", type=int, help="distinct users for /stats/users (100,000; quick 10,000)")
+    ap.add_argument("--stats-requests", type=int, help="GET /stats/users requests per worker (200; quick 30)")
+    ap.add_argument("--stats-duration", type=float, default=60.0, help="at most this many seconds of GETs (60)")
+    ap.add_argument("--stats-wait", type=float, default=900.0, help="at most this long for counting (900 s)")
+    ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 5)")
+    ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out")
+    ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
+    a = ap.parse_args(argv)
+    q = a.quick
+    defaults = {"duration": (10, 3), "warmup": (2, 1), "kafka_records": (1_000_000, 200_000),
+                "e2e_duration": (15, 4), "fanout_subs": (10_000, 2_000), "fanout_probes": (5, 3),
+                "stats_users": (100_000, 10_000), "stats_requests": (200, 30), "profile_duration": (15, 5)}
+    for k, (full, quick) in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, quick if q else full)
+    a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
+    bad = set(a.sections) - set(SECTIONS)
+    if bad:
+        ap.error(f"unknown section(s): {', '.join(sorted(bad))}")
+    a.concurrency = [int(x) for x in a.concurrency.split(",")]
+    a.e2e_rates = [int(x) for x in a.e2e_rates.split(",")]
+    a.e2e_subs = [int(x) for x in a.e2e_subs.split(",")]
+    a.profile_fanout = [int(x) for x in a.profile_fanout.split(",")]
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ctx = Ctx(a, stamp)
+    began = time.monotonic()
+    nofile = raise_nofile()  # workers inherit it: 10,000 subscribers need 10,000+ descriptors
+    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
+            "loadavg_start": os.getloadavg(), "python": platform.python_version(), "nofile": nofile,
+            "options": {k: v for k, v in vars(a).items()},
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                     text=True).stdout.strip(),
+            "note": "shared machine (other engineers' tests run at the same time): figures are noisy"}
+    ctx.results["meta"] = meta
+    log(f"bench {stamp}: sections {','.join(a.sections)}; temp dir {ctx.tmp}; fd limit {nofile}; "
+        f"load average {meta['loadavg_start'][0]:.1f}")
+    if "fanout" in a.sections and nofile < a.fanout_subs + 1000:
+        log(f"warning: fd limit {nofile} is below {a.fanout_subs} subscribers + margin")
+    failed = None
+    try:
+        if a.bootstrap:
+            ctx.bootstrap = a.bootstrap
+        else:
+            log("starting Kafka (scripts/kafka-local, one node)")
+            ctx.cluster = KafkaCluster.start_new(ctx.tmp / "kafka")
+            ctx.bootstrap = ctx.cluster.bootstrap
+            log(f"Kafka up at {ctx.bootstrap}")
+        need_worker = set(a.sections) - {"baselines"}
+        if need_worker:
+            ctx.worker = start_worker(ctx, "worker-a")
+            meta["worker_rss_start_kb"] = proc_rss_kb(ctx.worker.proc.pid)
+        for name in SECTIONS:
+            if name in a.sections:
+                try:
+                    globals()[f"section_{name}"](ctx)
+                except Exception as exc:  # one broken section must not lose the others' figures
+                    failed = failed or exc
+                    log(f"section {name} failed: {exc!r}")
+                    ctx.row(name, "section failed", repr(exc)[:200])
+        ratios(ctx)
+    except KeyboardInterrupt:
+        log("interrupted; writing what was measured")
+    finally:
+        for p in list(ctx.children):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for w in ctx.workers:
+            try:
+                w.stop()
+            except RuntimeError:
+                w.kill()
+        if ctx.cluster is not None:
+            ctx.cluster.down()
+        meta["loadavg_end"] = os.getloadavg()
+        meta["elapsed_s"] = time.monotonic() - began
+        json_path = Path(f"{ctx.base}.json")
+        png = Path(f"{ctx.base}.png")
+        if plot(ctx, png):
+            meta["plot"] = str(png.relative_to(REPO))
+        ctx.results["table"] = [dict(zip(("section", "figure", "value", "target", "met"), r)) for r in ctx.rows]
+        json_path.write_text(json.dumps(ctx.results, indent=2, default=float))
+        if a.keep or failed is not None:
+            log(f"kept {ctx.tmp} (worker logs: */worker.log)")
+        else:
+            shutil.rmtree(ctx.tmp, ignore_errors=True)
+    print()
+    print(f"kchat bench {stamp}: {os.cpu_count()} cpus, load average {meta['loadavg_start'][0]:.1f} at start, "
+          f"{meta['loadavg_end'][0]:.1f} at end; {meta['elapsed_s'] / 60:.1f} min. The machine is shared: "
+          "figures are noisy, re-run at a quiet moment.")
+    print("Publish is HTTP request/response (one message per request); Kafka's ProducerPerformance batches "
+          "asynchronously, so that ratio is a scale, not a target. One broker: acks=all = the leader only.")
+    print()
+    print_table(ctx)
+    print()
+    print(f"results: {json_path.relative_to(REPO)}" + (f", plot: {meta['plot']}" if "plot" in meta else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
