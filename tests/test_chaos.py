@@ -1,0 +1,122 @@
+"""A short chaos run (bench/chaos.py, which `make chaos` runs in full) and the run's own checks.
+
+The short run: its own 3 controllers + 4 brokers, `chatroom` 12 partitions / RF 4 / min ISR 2, two workers,
+a native and a seed-compatible subscriber on each, 600 posts through the seed's endpoint while a random broker
+is SIGKILLed every 6 s and started again 3 s later. A publish timeout of 4 s (instead of 10) makes the stalls a
+dead broker causes end in 503s, so the "503 = not confirmed" accounting is exercised too.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_chaos():
+    name = "kchat_bench_chaos"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "chaos.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.kafka
+@pytest.mark.cluster4
+@pytest.mark.timeout(300)
+async def test_short_chaos_run_loses_nothing_and_counts_exactly(tmp_path):
+    chaos = load_chaos()
+    cfg = chaos.Config(posts=600, interval=6, down_for=3, rate=40, publish_timeout=4, duration_limit=90,
+                       deliver_timeout=60, counts_timeout=60, state_dir=tmp_path / "chaos", progress=False)
+    report = await chaos.run(cfg)
+    print(report.render())
+    assert not report.failures, report.render()
+    assert report.kills_while_posting >= 1
+    assert len(report.posts) + report.not_sent == cfg.posts
+    assert report.by_status()["200"] > 0
+
+
+# -- the checks themselves, on made-up runs (no Kafka) ---------------------------------------------------------
+def made_up_run(chaos, statuses: list[int | None]):
+    """A run whose posts got these statuses and whose two subscribers saw exactly the 200'd ones."""
+    rep = chaos.Report(config=chaos.Config(posts=len(statuses)))
+    rep.kills_while_posting, rep.brokers_alive_at_end = 1, True
+    offset = 100
+    for i, status in enumerate(statuses):
+        p = chaos.Post(i=i, user=f"u{i % 2}", text=f"m{i}", worker=i % 2, t_sent=i, t_done=i + 0.5, status=status)
+        if status == 200:
+            p.event_id, p.offset = f"6:{offset}", offset
+            offset += 1
+        elif status == 503:
+            p.error = '{"error": "the brokers did not acknowledge within 4s"}'
+        else:
+            p.error = "ServerDisconnectedError"
+        rep.posts.append(p)
+    for name in ("a", "b"):
+        s = chaos.Subscriber(name, "http://x", False, None)
+        s.received = [chaos.Received(p.t_done, p.event_id, 6, p.offset, p.user, p.text)
+                      for p in rep.posts if p.status == 200]
+        rep.subscribers.append(s)
+    rep.counts = {"http://w0": dict(rep.expected_counts()), "http://w1": dict(rep.expected_counts())}
+    return rep
+
+
+def test_checks_pass_a_clean_run_and_accept_a_stored_503():
+    chaos = load_chaos()
+    rep = made_up_run(chaos, [200, 200, 503, 200, 503, 200])
+    assert rep.check() == []
+    # the first 503'd post was stored after all: every subscriber has it, and the counts include it
+    late = rep.posts[2]
+    for s in rep.subscribers:
+        s.received.append(chaos.Received(9.0, "6:104", 6, 104, late.user, late.text))
+    assert rep.check() != []  # counts still without it
+    rep.counts = {url: dict(rep.expected_counts()) for url in rep.counts}
+    assert rep.check() == []
+    lows, highs = rep.count_bounds()
+    assert all(lows[u] <= rep.counts["http://w0"][u] <= highs[u] for u in lows)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("duplicate", "more than once"),
+    ("missing", "never arrived"),
+    ("unposted", "never posted"),
+    ("disorder", "out of room order"),
+    ("one_sided", "another subscriber received"),
+    ("inverted", "stored before a post answered earlier"),
+    ("count_high", "!= messages in the log"),
+    ("status_500", "neither 200 nor 503"),
+    ("no_kill", "no broker was killed"),
+])
+def test_checks_catch_each_kind_of_damage(damage, words):
+    chaos = load_chaos()
+    rep = made_up_run(chaos, [200] * 6 + [503])
+    a = rep.subscribers[0]
+    if damage == "duplicate":
+        a.received.append(a.received[-1])
+    elif damage == "missing":
+        del a.received[2]
+    elif damage == "unposted":
+        for s in rep.subscribers:
+            s.received.append(chaos.Received(9.0, "6:200", 6, 200, "u0", "never sent"))
+    elif damage == "disorder":
+        a.received[1], a.received[2] = a.received[2], a.received[1]
+    elif damage == "one_sided":
+        p = rep.posts[-1]
+        a.received.append(chaos.Received(9.0, "6:106", 6, 106, p.user, p.text))
+        rep.counts = {url: dict(rep.expected_counts()) for url in rep.counts}
+    elif damage == "inverted":  # post 1 was sent after post 0's 200, yet its 200 names an earlier offset
+        p0, p1 = rep.posts[0], rep.posts[1]
+        (p0.offset, p0.event_id), (p1.offset, p1.event_id) = (p1.offset, p1.event_id), (p0.offset, p0.event_id)
+    elif damage == "count_high":
+        rep.counts["http://w1"]["u0"] += 1
+    elif damage == "status_500":
+        rep.posts[-1].status = 500
+    elif damage == "no_kill":
+        rep.kills_while_posting = 0
+    failures = rep.check()
+    assert any(words in f for f in failures), failures

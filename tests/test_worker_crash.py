@@ -1,0 +1,236 @@
+"""One of two workers SIGKILLed while messages are being posted, then started again.
+
+The service's guarantee under test: Faust processes at-least-once, and each count update is idempotent
+(a table entry keeps the highest chatroom offset counted per source partition, so replays after the crash
+are not counted twice) -- so per-user counts are exact after a crash. And a subscriber of the killed worker
+resumes with Last-Event-ID, on the restarted worker or on the other one, with no gap and no duplicate.
+
+Both workers run against a single-node Kafka of this test's own: every worker joins the one group "kchat",
+so sharing the session cluster would rebalance other tests' workers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from tests.support.chat import unique
+from tests.support.kafka import KafkaCluster
+from tests.support.worker import Worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+
+# Faust's own settings (read from the environment): with the default 60 s session timeout the group waits a
+# minute for the dead member before the restarted worker gets partitions again. Shorter only makes the test
+# quicker; the counts must be exact whenever the takeover happens.
+FAST_GROUP = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+USERS = 4
+RATE = 40  # posts per second, all workers together
+BEFORE, AFTER = 150, 150  # posts before the kill and after the restart; more go to the survivor in between
+
+
+class ResumingSubscriber:
+    """A native SSE subscriber that, whenever its stream drops, reconnects with Last-Event-ID to `resume_url`."""
+
+    def __init__(self, name: str, url: str, resume_url: str, room: str) -> None:
+        self.name, self.url, self.resume_url, self.room = name, url, resume_url, room
+        self.messages: list[dict] = []
+        self.last_id: str | None = None
+        self.connections: list[tuple[str, str | None]] = []  # (worker url, Last-Event-ID sent)
+        self.drops: list[str] = []
+        self.errors: list[str] = []
+        self.connected = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> "ResumingSubscriber":
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client:
+            while True:
+                url = self.url if not self.connections else self.resume_url
+                headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+                try:
+                    async with aconnect_sse(client, "GET", f"{url}/api/rooms/{self.room}/events",
+                                            headers=headers) as source:
+                        if source.response.status_code != 200:  # 503 while the restarted worker catches up
+                            self.drops.append(f"HTTP {source.response.status_code}")
+                        else:
+                            self.connections.append((url, self.last_id))
+                            self.connected.set()
+                            async for sse in source.aiter_sse():
+                                self._take(sse)
+                            self.drops.append("stream ended")
+                except httpx.HTTPError as exc:
+                    self.drops.append(exc.__class__.__name__)
+                await asyncio.sleep(0.3)
+
+    def _take(self, sse) -> None:
+        try:
+            msg = json.loads(sse.data)
+            assert sse.event == "message" and sse.id == msg["event_id"], (sse.event, sse.id, msg)
+        except (ValueError, KeyError, AssertionError) as exc:
+            self.errors.append(f"bad event {sse.event!r} id {sse.id!r}: {exc!r} {sse.data[:200]!r}")
+            return
+        self.messages.append(msg)
+        self.last_id = sse.id
+
+
+async def start_all(*workers: Worker) -> None:
+    await asyncio.gather(*(asyncio.to_thread(w.start, 120.0) for w in workers))
+
+
+async def read_counts(client: httpx.AsyncClient, worker: Worker, users: list[str]) -> dict[str, int] | None:
+    try:
+        r = await client.get(f"{worker.url}/stats/users")
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    got = r.json()["users"]
+    return {u: got.get(u, 0) for u in users}
+
+
+@pytest.fixture
+def own_kafka(tmp_path):
+    cluster = KafkaCluster.start_new(tmp_path / "kafka")
+    yield cluster
+    cluster.down()
+
+
+async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(own_kafka, tmp_path):
+    w0 = Worker(own_kafka.bootstrap, tmp_path / "w0", env=FAST_GROUP)
+    w1 = Worker(own_kafka.bootstrap, tmp_path / "w1", env=FAST_GROUP)
+    room = unique("crash")
+    users = [unique(f"crash-u{k}") for k in range(USERS)]
+    subs: list[ResumingSubscriber] = []
+    timeline: list[str] = []
+    t0 = time.monotonic()
+
+    def note(what: str) -> None:
+        timeline.append(f"{time.monotonic() - t0:6.1f}s {what}")
+
+    try:
+        await start_all(w0, w1)
+        note("both workers ready")
+        subs = [ResumingSubscriber("on w0, resumes on w0", w0.url, w0.url, room).start(),
+                ResumingSubscriber("on w0, resumes on w1", w0.url, w1.url, room).start(),
+                ResumingSubscriber("on w1", w1.url, w1.url, room).start()]
+        await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 30)
+
+        posted: list[dict] = []  # the 201 bodies
+        failed: list[str] = []
+        targets = [w0, w1]  # workers that take posts; the kill first takes w0 out of it
+        in_flight = Counter()
+        stop = asyncio.Event()
+        counter = iter(range(10**6))
+        began = time.monotonic()
+
+        async def poster(client: httpx.AsyncClient) -> None:
+            for i in counter:
+                if stop.is_set():
+                    return
+                await asyncio.sleep(max(0.0, began + i / RATE - time.monotonic()))
+                w = targets[i % len(targets)]
+                user = users[i % USERS]
+                in_flight[w.url] += 1
+                try:
+                    r = await client.post(f"{w.url}/api/rooms/{room}/messages", json={"user": user, "text": f"m{i}"})
+                    if r.status_code == 201:
+                        posted.append(r.json())
+                    else:
+                        failed.append(f"#{i} to {w.url}: {r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    failed.append(f"#{i} to {w.url}: {exc!r}")
+                finally:
+                    in_flight[w.url] -= 1
+
+        async def until(cond, timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while not cond():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}; " + "; ".join(timeline)
+                await asyncio.sleep(0.05)
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            posters = [asyncio.create_task(poster(client)) for _ in range(4)]
+            await until(lambda: len(posted) >= BEFORE, 60, f"{BEFORE} posts")
+            # No post may be on its way to w0 when it dies: its fate would be unknown to the client, and
+            # this test wants exact counts of 201s. Everything else keeps going: posts to w1, counting.
+            targets[:] = [w1]
+            await until(lambda: in_flight[w0.url] == 0, 30, "posts to w0 to finish")
+            w0.kill()
+            note(f"SIGKILLed w0 after {len(posted)} posts")
+            await asyncio.to_thread(w0.start, 120.0)
+            restarted_at = len(posted)
+            note(f"w0 ready again after {restarted_at} posts")
+            targets[:] = [w0, w1]
+            await until(lambda: len(posted) >= restarted_at + AFTER, 60, f"{AFTER} posts after the restart")
+            stop.set()
+            await asyncio.gather(*posters)
+            note(f"posting done: {len(posted)} posts answered 201")
+
+            assert not failed, f"{len(failed)} post(s) were not answered 201: {failed[:5]}"
+            offsets = [m["offset"] for m in posted]
+            assert len(set(offsets)) == len(offsets), "two 201s named the same offset"
+
+            # Subscribers: each 201'd message exactly once, in offset order, nothing else (every post got 201).
+            expected = sorted(offsets)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(len(s.messages) < len(expected) for s in subs):
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1)  # room for duplicates to show up
+            by_offset = {m["offset"]: m for m in posted}
+            for s in subs:
+                assert not s.errors, f"{s.name}: {s.errors[:3]}"
+                got = [m["offset"] for m in s.messages]
+                assert got == expected, (
+                    f"subscriber {s.name}: {len(got)} messages for {len(expected)} posts; missing "
+                    f"{sorted(set(expected) - set(got))[:10]}, duplicated {[o for o, n in Counter(got).items() if n > 1][:10]}, "
+                    f"in order: {got == sorted(got)}; connections {s.connections}; drops {s.drops}")
+                assert all(m == by_offset[m["offset"]] for m in s.messages), f"{s.name}: a message differs from its 201"
+            resumed_same, resumed_other, stayed = subs
+            assert len(stayed.connections) == 1, f"the survivor's subscriber was dropped: {stayed.drops}"
+            for s, url in ((resumed_same, w0.url), (resumed_other, w1.url)):
+                assert len(s.connections) >= 2 and s.connections[1][0] == url and s.connections[1][1], (
+                    f"{s.name} did not resume with Last-Event-ID: {s.connections}")
+
+            # Counts: exactly the 201s per user, asked of both workers, and they stay so.
+            want = Counter(m["user"] for m in posted)
+            want = {u: want[u] for u in users}
+            seen: dict = {}
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                seen = {w.url: await read_counts(client, w, users) for w in (w0, w1)}
+                if all(c == want for c in seen.values()):
+                    break
+                await asyncio.sleep(0.5)
+            note("counts match" if all(c == want for c in seen.values()) else "counts never matched")
+            assert all(c == want for c in seen.values()), (
+                f"counts {seen} != 201s per user {want}; timeline: " + "; ".join(timeline))
+            for _ in range(6):  # a late replay must not count anything twice
+                await asyncio.sleep(0.5)
+                seen = {w.url: await read_counts(client, w, users) for w in (w0, w1)}
+                assert all(c == want for c in seen.values()), f"counts moved after matching: {seen} != {want}"
+    finally:
+        for s in subs:
+            await s.stop()
+        for w in (w0, w1):
+            try:
+                w.stop()
+            except RuntimeError:
+                w.kill()
+        print("\n".join(timeline))
