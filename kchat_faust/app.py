@@ -23,6 +23,7 @@ log = logging.getLogger("kchat")
 app = faust.App(
     "kchat",
     broker=settings.broker,
+    broker_credentials=settings.faust_credentials(),
     store="rocksdb://",
     datadir=settings.datadir,
     topic_partitions=settings.partitions,
@@ -127,4 +128,4 @@ def ready() -> dict[str, bool]:
 
 metrics.install(app, hub, ready)
 
-from . import views, page  # noqa: E402,F401  (registers the web pages on app)
+from . import openapi, page, views  # noqa: E402,F401  (registers the web pages on app)

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 
 # Settings never to be logged in clear.
-SECRETS = frozenset()
+SECRETS = frozenset({"sasl_password", "jwt_secret"})
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ConfigError(ValueError):
@@ -26,7 +28,7 @@ def _int(env: dict, name: str, default: int, low: int = 1) -> int:
     return value
 
 
-def _float(env: dict, name: str, default: float) -> float:
+def _float(env: dict, name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -34,7 +36,7 @@ def _float(env: dict, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={value} must be positive")
     return value
 
@@ -44,6 +46,35 @@ def _choice(env: dict, name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
     return raw
+
+
+def _kafka_security(env: dict) -> dict:
+    protocol = env.get("KCHAT_KAFKA_SECURITY_PROTOCOL", "").strip().upper() or "PLAINTEXT"
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"KCHAT_KAFKA_SECURITY_PROTOCOL={protocol!r} must be one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = env.get("KCHAT_KAFKA_SASL_MECHANISM", "").strip().upper() or "PLAIN"
+    if mechanism not in SASL_MECHANISMS:
+        raise ConfigError(f"KCHAT_KAFKA_SASL_MECHANISM={mechanism!r} must be one of "
+                          f"{', '.join(SASL_MECHANISMS)}")
+    values = {
+        "security_protocol": protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_username": env.get("KCHAT_KAFKA_SASL_USERNAME", ""),
+        "sasl_password": env.get("KCHAT_KAFKA_SASL_PASSWORD", ""),
+        "ssl_cafile": env.get("KCHAT_KAFKA_SSL_CAFILE", ""),
+        "ssl_certfile": env.get("KCHAT_KAFKA_SSL_CERTFILE", ""),
+        "ssl_keyfile": env.get("KCHAT_KAFKA_SSL_KEYFILE", ""),
+    }
+    if protocol.startswith("SASL_") and not (values["sasl_username"] and values["sasl_password"]):
+        raise ConfigError(f"KCHAT_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                          "KCHAT_KAFKA_SASL_USERNAME and KCHAT_KAFKA_SASL_PASSWORD")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if values[name] and not os.path.isfile(values[name]):
+            raise ConfigError(f"KCHAT_KAFKA_{name.upper()}={values[name]!r} is not a readable file")
+    if bool(values["ssl_certfile"]) != bool(values["ssl_keyfile"]):
+        raise ConfigError("KCHAT_KAFKA_SSL_CERTFILE and KCHAT_KAFKA_SSL_KEYFILE go together")
+    return values
 
 
 def kafka_servers(broker: str) -> str:
@@ -74,6 +105,20 @@ class Settings:
     subscriber_buffer: int = 1000
     keepalive: float = 15.0
     log_format: str = "text"
+    # limits (0 = off)
+    max_streams: int = 20000
+    rate_limit: float = 0.0
+    rate_burst: int = 20
+    # optional authentication of clients
+    jwt_secret: str = ""
+    # how the worker reaches the brokers
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -107,7 +152,44 @@ class Settings:
             subscriber_buffer=_int(env, "KCHAT_SUBSCRIBER_BUFFER", cls.subscriber_buffer),
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
             log_format=_choice(env, "KCHAT_LOG_FORMAT", ("text", "json")),
+            max_streams=_int(env, "KCHAT_MAX_STREAMS", cls.max_streams, low=0),
+            rate_limit=_float(env, "KCHAT_RATE_LIMIT", cls.rate_limit, allow_zero=True),
+            rate_burst=_int(env, "KCHAT_RATE_BURST", cls.rate_burst),
+            jwt_secret=env.get("KCHAT_JWT_SECRET", ""),
+            **_kafka_security(env),
         )
+
+    def aiokafka_options(self) -> dict:
+        """Connection settings for the plain aiokafka clients (publisher, fan-out, reader)."""
+        options: dict = {"bootstrap_servers": self.bootstrap_servers,
+                         "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.security_protocol.startswith("SASL_"):
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        return options
+
+    def faust_credentials(self):
+        """The same settings in Faust's form, for the app's own consumer and producer."""
+        import faust
+        from faust.types.auth import AuthProtocol, SASLMechanism
+
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        if self.security_protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return faust.SASLCredentials(
+            username=self.sasl_username, password=self.sasl_password,
+            mechanism=SASLMechanism(self.sasl_mechanism),
+            ssl_context=self.ssl_context() if self.security_protocol == "SASL_SSL" else None)
+
+    def ssl_context(self):
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(cafile=self.ssl_cafile or None, certfile=self.ssl_certfile or None,
+                                  keyfile=self.ssl_keyfile or None)
 
     def summary(self) -> dict:
         """The settings as logged at startup: secrets masked."""

@@ -218,7 +218,7 @@ class Hub(mode.Service):
     async def _read_forever(self) -> None:
         while not self.should_stop:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **self.settings.aiokafka_options(),
                 client_id="kchat-fanout",
                 group_id=None,  # no group: this worker is assigned every partition
                 enable_auto_commit=False,

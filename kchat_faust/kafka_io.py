@@ -50,7 +50,7 @@ class Publisher(mode.Service):
         delay = 0.5
         while not self.should_stop:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **self.settings.aiokafka_options(),
                 client_id="kchat-publisher",
                 acks="all",
                 enable_idempotence=True,
@@ -105,7 +105,7 @@ class LogReader:
             consumer = self._idle.pop() if self._idle else None
             if consumer is None:
                 consumer = AIOKafkaConsumer(
-                    bootstrap_servers=self.settings.bootstrap_servers,
+                    **self.settings.aiokafka_options(),
                     client_id="kchat-reader",
                     group_id=None,
                     enable_auto_commit=False,

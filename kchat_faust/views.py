@@ -12,12 +12,21 @@ from aiohttp_sse import sse_response
 from faust.web import View
 
 from .app import app, hub, publisher, ready, settings, user_counts
+from .auth import AuthError, check_author, token_subject
 from .kafka_io import KafkaUnavailable
+from .limits import RateLimiter
 from .metrics import PUBLISH_LATENCY, PUBLISHED, RESUMES, SUBSCRIPTIONS
 from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
 
 log = logging.getLogger(__name__)
 MAX_HISTORY = 500
+rate_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+
+
+class TooManyRequests(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
 
 
 def error(status: int, message: str, **extra) -> web.Response:
@@ -31,6 +40,15 @@ async def json_errors(request: web.Request, handler):
         return await handler(request)
     except ValidationError as exc:
         return error(400, exc.message, field=exc.field)
+    except AuthError as exc:
+        resp = error(exc.status, exc.message)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="kchat"'
+        return resp
+    except TooManyRequests as exc:
+        resp = error(429, f"too many messages; retry in {exc.retry_after}s")
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
     except KafkaUnavailable as exc:
         return error(503, str(exc))
     except web.HTTPException as exc:
@@ -61,9 +79,13 @@ async def read_text_body(request: web.Request) -> str:
         raise ValidationError("body", "is not valid UTF-8") from None
 
 
-async def store(room: str, user, text) -> dict:
+async def store(request: web.Request, room: str, user, text) -> dict:
     """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input."""
     msg = new_message(room, user, text, settings.max_text)
+    check_author(token_subject(request, settings.jwt_secret), msg.user)
+    wait = rate_limiter.retry_after(msg.user)
+    if wait:
+        raise TooManyRequests(wait)
     began = time.perf_counter()
     meta = await publisher.publish(room, msg.dumps())
     PUBLISH_LATENCY.observe(time.perf_counter() - began)
@@ -110,11 +132,12 @@ class RoomMessages(View):
         for field in ("user", "text"):
             if field not in body:
                 raise ValidationError(field, "is required")
-        stored = await store(room, body["user"], body["text"])
+        stored = await store(request, room, body["user"], body["text"])
         return web.json_response(stored, status=201)
 
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
+        token_subject(request, settings.jwt_secret)
         raw = request.query.get("limit", "50")
         try:
             limit = int(raw)
@@ -136,7 +159,7 @@ class SeedPublish(View):
         if request.content_type not in ("text/plain", "application/octet-stream"):
             return error(415, "Content-Type must be text/plain")
         user, text = parse_compat_body(await read_text_body(request))
-        stored = await store(settings.default_room, user, text)
+        stored = await store(request, settings.default_room, user, text)
         return web.Response(status=200, headers={"X-Kchat-Event-Id": stored["event_id"]})
 
 
@@ -150,8 +173,14 @@ class Echo(View):
 async def stream_events(request: web.Request, room: str, compat: bool) -> web.StreamResponse:
     token = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     after = parse_event_id(token) if token else None
+    token_subject(request, settings.jwt_secret)
     if not hub.ready:
         return error(503, "the fan-out reader is not connected to Kafka yet; retry shortly")
+    if settings.max_streams and hub.subscriber_count >= settings.max_streams:
+        resp = error(503, f"this worker serves its maximum of {settings.max_streams} event streams; "
+                          "retry later or through another worker")
+        resp.headers["Retry-After"] = "5"
+        return resp
     sub = hub.subscribe(room, compat=compat)
     SUBSCRIPTIONS.inc()
     if after is not None:
@@ -220,8 +249,11 @@ async def gather_counts() -> dict[str, int]:
 @app.page("/stats/users")
 class UserStats(View):
     async def get(self, request: web.Request) -> web.Response:
-        if request.query.get("scope") == "local":
+        scope = request.query.get("scope")
+        if scope == "local":  # asked by another worker
             return web.json_response({"users": local_counts()})
+        if scope is not None:
+            raise ValidationError("scope", "must be 'local' or absent")
         return web.json_response({"users": await gather_counts()})
 
 
