@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -145,3 +146,25 @@ async def test_with_a_jwt_secret_nobody_can_post_as_someone_else(auth_worker):
                 if '"text":"live"' in buf:
                     break
     assert '"user":"alice"' in buf
+
+
+def test_the_cli_passes_its_token(auth_worker):
+    cli = str(Path(sys.executable).with_name("kchat-cli"))
+    room = unique("clitoken")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, "--url", auth_worker.url, *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+
+    ok = run("--token", token("dora"), "send", "--json", "--user", "dora", "--room", room, "first")
+    assert ok.returncode == 0, ok.stderr
+    first = json.loads(ok.stdout)
+    assert run("--token", token("dora"), "send", "--user", "dora", "--room", room, "hello").returncode == 0
+    refused = run("send", "--user", "dora", "--room", room, "no token")
+    assert refused.returncode == 4 and len(refused.stderr.strip().splitlines()) == 1
+    assert "token" in refused.stderr
+    spoof = run("--token", token("eve"), "send", "--user", "dora", "--room", room, "spoof")
+    assert spoof.returncode == 4 and "eve" in spoof.stderr
+    listened = run("--token", token("dora"), "listen", "--room", room, "--since", first["event_id"],
+                   "--count", "1", "--json")
+    assert listened.returncode == 0 and '"hello"' in listened.stdout

@@ -112,10 +112,11 @@ class _Recent:
 class Client:
     """One HTTP connection pool to one worker; use as `async with Client(...)`."""
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
 
     async def __aenter__(self) -> Client:
         return self

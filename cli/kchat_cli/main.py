@@ -62,9 +62,10 @@ class KchatGroup(click.Group):
 class Settings:
     url: str
     timeout: float
+    token: str | None = None
 
     def client(self) -> Client:
-        return Client(self.url, self.timeout)
+        return Client(self.url, self.timeout, self.token)
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -83,9 +84,11 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Base URL of a kchat-faust worker.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the worker to answer.")
+@click.option("--token", envvar="KCHAT_TOKEN", show_envvar=True, metavar="JWT",
+              help="Bearer token, for workers run with KCHAT_JWT_SECRET (its sub is your user).")
 @click.version_option(__version__, prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, url: str, timeout: float) -> None:
+def cli(ctx: click.Context, url: str, timeout: float, token: str | None) -> None:
     """Chat through a kchat-faust worker: send, listen, chat, stats.
 
     \b
@@ -96,7 +99,7 @@ def cli(ctx: click.Context, url: str, timeout: float) -> None:
     Shell completion (bash; zsh_source and fish_source for the others):
       eval "$(_KCHAT_CLI_COMPLETE=bash_source kchat-cli)"
     """
-    ctx.obj = Settings(url, timeout)
+    ctx.obj = Settings(url, timeout, token or None)
 
 
 @cli.command()
