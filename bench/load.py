@@ -35,7 +35,8 @@ from datetime import datetime, timezone
 
 _CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 # The marker the `rate` mode and the fan-out probe put at the start of a text: E<seq> <wall time>
-_MARK = re.compile(rb'"text":"E(\d+) (\d+\.\d+) ')
+# (and the service's own sent_at, its wall clock when it accepted the POST, millisecond resolution)
+_MARK = re.compile(rb'"text":"E(\d+) (\d+\.\d+) [^"]*","sent_at":"([^"]+)"')
 
 
 def raise_nofile() -> int:
@@ -301,8 +302,13 @@ class SseSub(asyncio.Protocol):
         self.buf = buf[j + 2:]
         sh = self.shared
         for m in _MARK.finditer(buf, 0, j + 2):
+            seq = int(m.group(1))
             sh.lat.append(now - float(m.group(2)))
-            sh.seq.append(int(m.group(1)))
+            sh.seq.append(seq)
+            accepted = sh.accepted.get(seq)
+            if accepted is None:
+                accepted = sh.accepted[seq] = datetime.fromisoformat(m.group(3).decode()).timestamp()
+            sh.lat_service.append(now - accepted)
             self.events += 1
 
     def connection_lost(self, exc) -> None:
@@ -315,7 +321,9 @@ class SseSub(asyncio.Protocol):
 
 class SubsShared:
     def __init__(self) -> None:
-        self.lat = array("d")
+        self.lat = array("d")  # from the scheduled send time (load generator's clock)
+        self.lat_service = array("d")  # from the service's sent_at (it accepted the POST then)
+        self.accepted: dict[int, float] = {}
         self.seq = array("q")
         self.disconnects = 0
         self.stopping = False
@@ -360,18 +368,20 @@ async def mode_subs(cfg: dict) -> dict:
             stop.set()
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
+    cpu0, t_ready = cpu_seconds(), time.perf_counter()
     try:
         await asyncio.wait_for(stop.wait(), cfg.get("max_seconds", 600))
     except asyncio.TimeoutError:
         pass
     shared.stopping = True
+    cpu_share = (cpu_seconds() - cpu0) / max(time.perf_counter() - t_ready, 1e-9)
     for s in subs:
         s.transport.close()
     counts = sorted(s.events for s in subs)
     return {"connected": len(subs), "failed": len(failures), "failures": failures[:5],
-            "connect_s": connect_s, "events": len(shared.lat), "disconnects": shared.disconnects,
+            "connect_s": connect_s, "events": len(shared.lat), "client_cpu": cpu_share, "disconnects": shared.disconnects,
             "per_sub_min": counts[0] if counts else 0, "per_sub_max": counts[-1] if counts else 0,
-            "_lat": shared.lat, "_seq": shared.seq}
+            "_lat": shared.lat, "_seq": shared.seq, "_lat_service": shared.lat_service}
 
 
 async def mode_aiokafka(cfg: dict) -> dict:
@@ -452,6 +462,10 @@ def main() -> None:
     result = asyncio.run(asyncio.wait_for(MODES[mode](cfg), cfg.get("max_seconds", 600) + 30))
     lat = result.pop("_lat", None)
     seq = result.pop("_seq", None)
+    lat_service = result.pop("_lat_service", None)
+    if lat_service is not None and cfg.get("lat_service"):
+        with open(cfg["lat_service"], "wb") as f:
+            lat_service.tofile(f)
     if lat is not None and cfg.get("lat"):
         with open(cfg["lat"], "wb") as f:
             lat.tofile(f)

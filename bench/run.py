@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -137,12 +138,14 @@ def load_cmd(mode: str, cfg: dict) -> list[str]:
     return [PY, str(BENCH / "load.py"), mode, json.dumps(cfg)]
 
 
-def run_load(ctx: Ctx, mode: str, cfg: dict, timeout: float) -> dict:
+def run_load(ctx: Ctx, mode: str, cfg: dict, timeout: float, on_start=None) -> dict:
     """Run one load process to completion; its result dict, with "lat" (seconds) as a numpy array."""
     name = f"{mode}"
     cfg = {**cfg, "out": ctx.path(name + ".json"), "lat": ctx.path(name + ".lat"), "max_seconds": timeout}
     proc = subprocess.Popen(load_cmd(mode, cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ctx.children.append(proc)
+    if on_start is not None:
+        on_start()
     try:
         out, err = proc.communicate(timeout=timeout + 60)
     except subprocess.TimeoutExpired:
@@ -154,6 +157,7 @@ def run_load(ctx: Ctx, mode: str, cfg: dict, timeout: float) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"load process {mode} failed ({proc.returncode}): {err[-2000:]}")
     result = json.loads(Path(cfg["out"]).read_text())
+    result["loadavg_1m"] = os.getloadavg()[0]  # how busy the shared machine was
     lat_path = Path(cfg["lat"])
     result["lat"] = np.fromfile(lat_path, dtype=np.float64) if lat_path.exists() else np.empty(0)
     return result
@@ -171,7 +175,8 @@ class Subscribers:
             share = n // nproc + (1 if i < n % nproc else 0)
             cfg = {"port": port, "path": path, "n": share, "max_seconds": max_seconds,
                    "connect_concurrency": connect_concurrency,
-                   "out": ctx.path("subs.json"), "lat": ctx.path("subs.lat"), "seq": ctx.path("subs.seq")}
+                   "out": ctx.path("subs.json"), "lat": ctx.path("subs.lat"), "seq": ctx.path("subs.seq"),
+                   "lat_service": ctx.path("subs.lat2")}
             p = subprocess.Popen(load_cmd("subs", cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
             ctx.children.append(p)
@@ -201,8 +206,8 @@ class Subscribers:
             except OSError:
                 pass
         agg = {"connected": 0, "failed": 0, "events": 0, "disconnects": 0, "per_sub_min": None,
-               "per_sub_max": 0, "connect_s": 0.0, "failures": []}
-        lats, seqs = [], []
+               "per_sub_max": 0, "connect_s": 0.0, "failures": [], "client_cpu": 0.0}
+        lats, seqs, lats2 = [], [], []
         for p, cfg in self.procs:
             try:
                 p.wait(timeout=120)
@@ -221,11 +226,14 @@ class Subscribers:
                                                                                            r["per_sub_min"])
             agg["per_sub_max"] = max(agg["per_sub_max"], r["per_sub_max"])
             agg["connect_s"] = max(agg["connect_s"], r["connect_s"])
+            agg["client_cpu"] += r["client_cpu"]
             agg["failures"] += r["failures"]
             lats.append(np.fromfile(cfg["lat"], dtype=np.float64))
             seqs.append(np.fromfile(cfg["seq"], dtype=np.int64))
+            lats2.append(np.fromfile(cfg["lat_service"], dtype=np.float64))
         agg["lat"] = np.concatenate(lats) if lats else np.empty(0)
         agg["seqs"] = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
+        agg["lat_service"] = np.concatenate(lats2) if lats2 else np.empty(0)
         return agg
 
 
@@ -352,7 +360,7 @@ def section_baselines(ctx: Ctx) -> None:
         out["kafka_producer_perf"] = {"error": (cp.stderr or cp.stdout)[-1000:]}
         ctx.row("baseline", "Kafka ProducerPerformance", f"failed: {(cp.stderr or cp.stdout).strip()[-200:]}")
         return
-    import re
+
     m = re.search(r"([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, ([\d.]+) ms max latency, "
                   r"(\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th", last[-1])
     res = {"line": last[-1], "records": a.kafka_records}
@@ -398,7 +406,8 @@ def ratios(ctx: Ctx) -> None:
                 ctx.row("ratio", f"{kind} c={c} / Kafka ProducerPerformance", f"{100 * r['throughput'] / kafka:.2f}%")
 
 
-def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, tag: str = "") -> dict:
+def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, tag: str = "",
+             on_start=None) -> dict:
     room = f"e2e{tag}-{rate}-{nsubs}-{ctx.seq}"
     subs = Subscribers(ctx, worker.port, f"/api/rooms/{room}/events", nsubs, per_proc=250,
                        max_seconds=duration + 300)
@@ -408,22 +417,24 @@ def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, t
         cpu0 = proc_cpu(worker.proc.pid)
         pool = 64 if rate >= 500 else 16
         pub = run_load(ctx, "rate", {"port": worker.port, "kind": "native", "room": room, "rate": rate,
-                                     "duration": duration, "pool": pool, "text_bytes": TEXT_BYTES, "drain": 10},
-                       timeout=duration + 60)
+                                     "duration": duration, "pool": pool, "text_bytes": TEXT_BYTES,
+                                     "drain": min(10.0, max(3.0, duration))},
+                       timeout=duration + 60, on_start=on_start)
         time.sleep(2.0)  # let the last events arrive
         cpu = proc_cpu(worker.proc.pid) - cpu0
     finally:
         res = subs.stop()
     expected = pub["ok"] * connected
     return {"rate": rate, "subscribers": nsubs, "connected": connected, "connect_failed": failed,
+            "scheduled": pub["scheduled"], "not_sent": pub["not_sent"],
             "published_ok": pub["ok"], "achieved_rate": pub["achieved_rate"], "publish_statuses": pub["statuses"],
             "publish_latency": pcts(pub["lat"]), "send_lag_p99_ms": pub["send_lag_p99_ms"],
             "loadgen_cpu": pub["client_cpu"],
             "events": res["events"], "expected": expected,
             "delivered_fraction": res["events"] / expected if expected else 0.0,
             "disconnects": res["disconnects"], "per_sub_min": res["per_sub_min"], "per_sub_max": res["per_sub_max"],
-            "worker_cpu_share": cpu / (pub["elapsed_s"] + 2.0),
-            "latency": pcts(res["lat"]), "_lat": res["lat"]}
+            "worker_cpu_share": cpu / (pub["elapsed_s"] + 2.0), "subscriber_clients_cpu": res["client_cpu"],
+            "latency": pcts(res["lat"]), "latency_from_sent_at": pcts(res["lat_service"]), "_lat": res["lat"]}
 
 
 def section_e2e(ctx: Ctx) -> None:
@@ -441,18 +452,34 @@ def section_e2e(ctx: Ctx) -> None:
             met = None
             if target:
                 met = bool(p.get("n")) and p["p50_ms"] < 5 and p["p99_ms"] < 25 and r["delivered_fraction"] > 0.999
+            q = r["latency_from_sent_at"]
             val = ("no events" if not p.get("n") else
-                   f"p50 {p['p50_ms']:.1f} / p95 {p['p95_ms']:.1f} / p99 {p['p99_ms']:.1f} ms")
-            val += (f"; {r['achieved_rate']:.0f} msg/s published, {100 * r['delivered_fraction']:.1f}% delivered, "
-                    f"{r['disconnects']} dropped, worker {100 * r['worker_cpu_share']:.0f}% CPU")
+                   f"p50 {p['p50_ms']:.1f} / p95 {p['p95_ms']:.1f} / p99 {p['p99_ms']:.1f} ms "
+                   f"(from the service's sent_at: p50 {q['p50_ms']:.1f} / p99 {q['p99_ms']:.1f})")
+            val += (f"; {r['published_ok']}/{r['scheduled']} published ({r['achieved_rate']:.0f}/s), "
+                    f"{100 * r['delivered_fraction']:.1f}% delivered, "
+                    f"{r['disconnects']} dropped, worker {100 * r['worker_cpu_share']:.0f}% CPU, "
+                    f"subscriber clients {100 * r['subscriber_clients_cpu']:.0f}%")
             ctx.row("e2e", f"POST sent -> SSE event, {rate} msg/s x {nsubs} subs", val,
                     "p50 < 5 ms, p99 < 25 ms (all delivered)" if target else "", met)
+
+
+def second_worker(ctx: Ctx) -> Worker:
+    """Worker B: started fresh (its memory not yet grown by other sections), in the same group as A."""
+    w = next((w for w in ctx.workers if w is not ctx.worker and w.proc and w.proc.poll() is None), None)
+    if w is None:
+        w = start_worker(ctx, "worker-b")
+    for x in (ctx.worker, w):
+        x.wait_ready(180)
+    return w
 
 
 def section_fanout(ctx: Ctx) -> None:
     a = ctx.args
     out = ctx.results.setdefault("fanout", {})
-    w = ctx.worker
+    # A fresh worker: RSS growth is then these subscribers' own, not reuse of memory earlier
+    # sections' subscribers left behind in the allocator.
+    w = second_worker(ctx)
     pid = w.proc.pid
     room = f"fanout-{ctx.seq}"
     quiesce(pid)
@@ -509,10 +536,7 @@ def section_stats(ctx: Ctx) -> None:
     a = ctx.args
     out = ctx.results.setdefault("stats", {})
     wa = ctx.worker
-    wb = next((w for w in ctx.workers if w is not wa and w.proc and w.proc.poll() is None), None) \
-        or start_worker(ctx, "worker-b")
-    for w in (wa, wb):
-        w.wait_ready(180)
+    wb = second_worker(ctx)
     prefix = f"su{ctx.stamp[-6:]}-"
     n = a.stats_users
     log(f"stats: producing {n} messages from {n} distinct users straight into chatroom")
@@ -547,11 +571,23 @@ def section_stats(ctx: Ctx) -> None:
                 f"{fmt_lat(p)} ({r['ok']} requests)", "p99 < 50 ms", bool(p.get("n")) and p["p99_ms"] < 50)
 
 
+_INFRA = ("click/", "faust/cli/", "mode/worker.py", "mode/threads.py", "threading.py", "<module>",
+          "BaseEventLoop.run_", "BaseEventLoop._run_once", "Handle._run")
+
+
+def _package(frame: str) -> str:
+    where = frame.rsplit(" (", 1)[-1].rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    return path.split("/", 1)[0] if "/" in path else path
+
+
 def pyspy_summary(raw: Path, top: int = 15) -> dict:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    """Shares of py-spy's (non-idle) samples: self time per function and per package, and inclusive time
+    per function leaving out the event loop and start-up frames every stack shares."""
     self_s: dict[str, int] = {}
+    pkg: dict[str, int] = {}
     incl: dict[str, int] = {}
-    total = 0
+    total = threads = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -561,36 +597,51 @@ def pyspy_summary(raw: Path, top: int = 15) -> dict:
         frames = [f for f in stack.split(";") if " (" in f]
         if not frames:
             continue
+        if frames[0].startswith("Thread._bootstrap"):
+            threads += c
         self_s[frames[-1]] = self_s.get(frames[-1], 0) + c
+        p = _package(frames[-1])
+        pkg[p] = pkg.get(p, 0) + c
         for f in set(frames):
-            incl[f] = incl.get(f, 0) + c
+            if not any(x in f for x in _INFRA):
+                incl[f] = incl.get(f, 0) + c
+
     def share(d):
-        return [(f, round(100 * v / total, 1)) for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
-    return {"samples": total, "self": share(self_s), "inclusive": share(incl)}
+        return [(f, round(100 * v / max(total, 1), 1)) for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples": total, "other_threads_pct": round(100 * threads / max(total, 1), 1),
+            "self": share(self_s), "self_by_package": share(pkg), "inclusive": share(incl)}
 
 
 def profiled(ctx: Ctx, name: str, duration: float, pid: int, run) -> dict:
+    """run(on_start) starts the load and calls on_start() as the load process starts; py-spy then samples
+    the worker for `duration` seconds (100 Hz, non-blocking, idle samples left out)."""
     raw = Path(f"{ctx.base}-profile-{name}.txt")
-    spy = subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--duration", str(int(duration)),
-                            "--rate", "100", "--nonblocking", "--function", "--format", "raw",
-                            "--output", str(raw)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ctx.children.append(spy)
+    box: dict = {}
+
+    def on_start() -> None:
+        box["spy"] = subprocess.Popen(
+            [PYSPY, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "100",
+             "--nonblocking", "--function", "--format", "raw", "--output", str(raw)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ctx.children.append(box["spy"])
+        box["cpu0"], box["t0"] = proc_cpu(pid), time.monotonic()
+
     try:
-        time.sleep(1.0)
-        cpu0 = proc_cpu(pid)
-        t0 = time.monotonic()
-        run()
-        cpu_share = (proc_cpu(pid) - cpu0) / (time.monotonic() - t0)
+        result = run(on_start)
+        spy = box["spy"]
         spy.wait(timeout=duration + 120)
+        cpu_share = (proc_cpu(pid) - box["cpu0"]) / (time.monotonic() - box["t0"])
     finally:
-        if spy.poll() is None:
-            spy.kill()
-            spy.wait()
-        ctx.children.remove(spy)
+        spy = box.get("spy")
+        if spy is not None:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
+            ctx.children.remove(spy)
     if not raw.exists():
-        return {"error": spy.stderr.read()[-1000:]}
+        return {"error": spy.stderr.read()[-1000:] if spy else "py-spy did not start"}
     s = pyspy_summary(raw)
-    s.update(file=str(raw.relative_to(REPO)), worker_cpu_share=cpu_share)
+    s.update(file=str(raw.relative_to(REPO)), worker_cpu_share=cpu_share, load=result)
     return s
 
 
@@ -599,31 +650,45 @@ def section_profile(ctx: Ctx) -> None:
     out = ctx.results.setdefault("profile", {})
     w = ctx.worker
     d = a.profile_duration
-    quiesce(w.proc.pid)
-    log(f"profile: py-spy on the worker under publish load (native, c=64) for {d}s")
-    box = {}
-    out["publish"] = profiled(ctx, "publish", d, w.proc.pid, lambda: box.update(
-        pub=run_load(ctx, "post", {"port": w.port, "kind": "native", "concurrency": 64, "room": "bench",
-                                   "warmup": 0.0, "duration": d, "text_bytes": TEXT_BYTES}, timeout=d + 60)))
-    if "pub" in box:
-        out["publish"]["throughput_under_profiler"] = box["pub"]["throughput"]
-    quiesce(w.proc.pid)
     rate, nsubs = a.profile_fanout
-    log(f"profile: py-spy on the worker under fan-out load ({rate} msg/s x {nsubs} subscribers) for {d}s")
-    out["fanout"] = profiled(ctx, "fanout", d, w.proc.pid,
-                             lambda: box.update(e2e=e2e_cell(ctx, rate, nsubs, d, w, tag="prof")))
-    if "e2e" in box:
-        box["e2e"].pop("_lat", None)
-        out["fanout"]["cell_under_profiler"] = box["e2e"]
-    for name in ("publish", "fanout"):
+    runs = {
+        "publish": ("publish load (native, c=64) on worker A",
+                    lambda on_start: strip(run_load(ctx, "post", {
+                        "port": w.port, "kind": "native", "concurrency": 64, "room": "bench", "warmup": 0.5,
+                        "duration": d, "text_bytes": TEXT_BYTES, "watch_pid": w.proc.pid},
+                        timeout=d + 60, on_start=on_start))),
+        "fanout": (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
+                   lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof", on_start=on_start))),
+    }
+    if "stats" in ctx.results:
+        runs["stats"] = ("GET /stats/users (c=1) on worker A",
+                         lambda on_start: strip(run_load(ctx, "post", {
+                             "port": w.port, "kind": "get", "path": "/stats/users", "concurrency": 1,
+                             "warmup": 0.5, "duration": d, "watch_pid": w.proc.pid},
+                             timeout=d + 60, on_start=on_start)))
+    for name, (what, run) in runs.items():
+        quiesce(w.proc.pid)
+        log(f"profile: py-spy on the worker under {what} for {d:g}s")
+        try:
+            out[name] = profiled(ctx, name, d, w.proc.pid, run)
+        except Exception as exc:
+            out[name] = {"error": repr(exc)}
         s = out[name]
         if "self" not in s:
             ctx.row("profile", name, f"py-spy failed: {s.get('error', '')[-200:]}")
             continue
-        ctx.row("profile", f"{name}: worker CPU", f"{100 * s['worker_cpu_share']:.0f}% of a core; "
-                f"{s['samples']} samples in {s['file']}")
-        for fn, pct in s["self"][:8]:
-            ctx.row("profile", f"{name} self", f"{pct:5.1f}%  {fn}")
+        ctx.row("profile", f"{name}: {what}", f"worker {100 * s['worker_cpu_share']:.0f}% of a core, "
+                f"{s['samples']} samples ({s['file']})")
+        ctx.row("profile", f"{name}: self by package",
+                ", ".join(f"{p} {pct:.0f}%" for p, pct in s["self_by_package"][:7]))
+        for fn, pct in s["self"][:6]:
+            ctx.row("profile", f"{name}: self", f"{pct:5.1f}%  {fn}")
+        for fn, pct in s["inclusive"][:8]:
+            ctx.row("profile", f"{name}: inclusive", f"{pct:5.1f}%  {fn}")
+
+
+def strip(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("lat", "_lat")}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -680,11 +745,11 @@ def parse_args(argv=None):
                     help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: short durations, 2,000 fan-out subscribers, 10,000 stats users")
-    ap.add_argument("--duration", type=float, help="seconds per publish/baseline cell (10; quick 3)")
-    ap.add_argument("--warmup", type=float, help="warm-up seconds before each cell (2; quick 1)")
+    ap.add_argument("--duration", type=float, help="seconds per publish/baseline cell (10; quick 2)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds before each cell (2; quick 0.5)")
     ap.add_argument("--concurrency", default="1,16,64", help="publish concurrencies (1,16,64)")
     ap.add_argument("--kafka-records", type=int, help="ProducerPerformance records (1,000,000; quick 200,000)")
-    ap.add_argument("--e2e-duration", type=float, help="seconds of load per end-to-end cell (15; quick 4)")
+    ap.add_argument("--e2e-duration", type=float, help="seconds of load per end-to-end cell (15; quick 3)")
     ap.add_argument("--e2e-rates", default="100,1000", help="messages per second (100,1000)")
     ap.add_argument("--e2e-subs", default="1,100,1000", help="subscriber counts (1,100,1000)")
     ap.add_argument("--fanout-subs", type=int, help="idle subscribers on one worker (10,000; quick 2,000)")
@@ -694,15 +759,15 @@ def parse_args(argv=None):
     ap.add_argument("--stats-requests", type=int, help="GET /stats/users requests per worker (200; quick 30)")
     ap.add_argument("--stats-duration", type=float, default=60.0, help="at most this many seconds of GETs (60)")
     ap.add_argument("--stats-wait", type=float, default=900.0, help="at most this long for counting (900 s)")
-    ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 5)")
+    ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 3)")
     ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out")
     ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
     a = ap.parse_args(argv)
     q = a.quick
-    defaults = {"duration": (10, 3), "warmup": (2, 1), "kafka_records": (1_000_000, 200_000),
-                "e2e_duration": (15, 4), "fanout_subs": (10_000, 2_000), "fanout_probes": (5, 3),
-                "stats_users": (100_000, 10_000), "stats_requests": (200, 30), "profile_duration": (15, 5)}
+    defaults = {"duration": (10, 2), "warmup": (2, 0.5), "kafka_records": (1_000_000, 200_000),
+                "e2e_duration": (15, 3), "fanout_subs": (10_000, 2_000), "fanout_probes": (5, 3),
+                "stats_users": (100_000, 10_000), "stats_requests": (200, 30), "profile_duration": (15, 3)}
     for k, (full, quick) in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, quick if q else full)
