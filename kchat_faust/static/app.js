@@ -11,7 +11,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    join: $("join"), user: $("user"), room: $("room"), joinError: $("join-error"),
+    join: $("join"), user: $("user"), room: $("room"), token: $("token"), joinError: $("join-error"),
     chat: $("chat"), where: $("where"), state: $("state"), leave: $("leave"),
     messages: $("messages"), send: $("send"), text: $("text"), sendButton: $("send-button"),
     error: $("error"), users: $("users"), usersNote: $("users-note"),
@@ -23,6 +23,12 @@
   function setState(state) {
     ui.state.textContent = state;
     ui.state.dataset.state = state;
+  }
+
+  // Only workers run with KCHAT_JWT_SECRET need a token; EventSource cannot send headers,
+  // so the stream gets it as ?access_token=.
+  function authHeaders(s, headers) {
+    return s.token ? Object.assign({ Authorization: "Bearer " + s.token }, headers) : headers;
   }
 
   function roomUrl(room, tail) {
@@ -101,7 +107,8 @@
   }
 
   async function loadHistory(s) {
-    const r = await fetch(roomUrl(s.room, "/messages?limit=" + HISTORY), { cache: "no-store" });
+    const r = await fetch(roomUrl(s.room, "/messages?limit=" + HISTORY),
+      { cache: "no-store", headers: authHeaders(s, {}) });
     const body = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(body.error || "history: HTTP " + r.status);
     return Array.isArray(body.messages) ? body.messages : [];
@@ -110,8 +117,11 @@
   // -- live stream -----------------------------------------------------------------------
   function connect(s) {
     if (session !== s) return;
+    const params = new URLSearchParams();
+    if (s.lastEventId) params.set("last_event_id", s.lastEventId);
+    if (s.token) params.set("access_token", s.token);
     let url = roomUrl(s.room, "/events");
-    if (s.lastEventId) url += "?last_event_id=" + encodeURIComponent(s.lastEventId);
+    if (params.toString()) url += "?" + params.toString();
     const resumed = Boolean(s.lastEventId);
     const es = new EventSource(url);
     s.source = es;
@@ -193,7 +203,7 @@
     try {
       const r = await fetch(roomUrl(s.room, "/messages"), {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: authHeaders(s, { "Content-Type": "application/json" }),
         body: JSON.stringify({ user: s.user, text }),
       });
       if (session !== s) return;
@@ -214,10 +224,10 @@
   }
 
   // -- joining and leaving -----------------------------------------------------------------
-  async function join(user, room) {
+  async function join(user, room, token) {
     leave();
     const s = {
-      user, room, source: null, retryTimer: null, statsTimer: null,
+      user, room, token, source: null, retryTimer: null, statsTimer: null,
       backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null,
       seenIds: new Set(), seenOffsets: new Set(),
     };
@@ -270,7 +280,7 @@
       ui.joinError.textContent = "room: 1-64 characters of A-Z, a-z, 0-9, _ or -";
       return;
     }
-    join(user, room);
+    join(user, room, ui.token.value.trim());
   });
 
   ui.leave.addEventListener("click", () => { leave(); ui.user.focus(); });
