@@ -11,7 +11,8 @@ state dir on free ports):
     whose stream drops resumes on the same worker with Last-Event-ID;
   * posts --posts messages through the seed's endpoint (POST /api/topics/chatroom, text/plain
     "<name>: <text>", alternating workers, several users round-robin with names unique to the run) at
-    --concurrency 4, optionally paced to --rate posts/s;
+    --concurrency 4, paced to --rate posts/s (default 25, so that 5,000 posts span about ten kill cycles;
+    a backlog from a stall is posted as fast as the concurrency allows);
   * meanwhile SIGKILLs a random broker every --interval seconds and starts it again --down-for seconds later
     (kafka-local kill N / start N; one broker down at a time), describing `chatroom` before, during each
     outage, after each restart and at the end.
@@ -73,7 +74,9 @@ class Config:
     interval: float = 20.0  # seconds between broker kills
     down_for: float = 5.0  # seconds a killed broker stays down
     duration_limit: float = 600.0  # seconds the posting phase may take at most
-    rate: float = 0.0  # posts per second; 0: as fast as answers come
+    # posts per second, 0: as fast as answers come. Unpaced, 5,000 posts can take well under a minute on a
+    # quiet machine -- one or two kills; at 25/s they span ~200 s, about ten kill cycles.
+    rate: float = 25.0
     users: int = 5
     publish_timeout: float = 10.0  # KCHAT_PUBLISH_TIMEOUT of the workers
     deliver_timeout: float = 120.0  # after posting, for every subscriber to have every 200'd message
@@ -687,6 +690,7 @@ class Run:
             status = await self.blocking(self.cluster.status)
             rep.brokers_alive_at_end = all(status[b]["alive"] for b in range(BROKERS))
         finally:
+            self.say("stopping the subscribers, the workers and Kafka")
             if chaos_task is not None and not chaos_task.done():
                 chaos_task.cancel()
                 try:
@@ -733,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"seconds a killed broker stays down (default {d.down_for:g})")
     ap.add_argument("--duration-limit", type=float, default=d.duration_limit,
                     help=f"seconds the posting phase may take; later posts are not sent (default {d.duration_limit:g})")
-    ap.add_argument("--rate", type=float, default=d.rate, help="pace posts to this many per second (default: unpaced)")
+    ap.add_argument("--rate", type=float, default=d.rate,
+                    help=f"pace posts to this many per second, 0: unpaced (default {d.rate:g})")
     ap.add_argument("--users", type=int, default=d.users, help=f"users posting round-robin (default {d.users})")
     ap.add_argument("--publish-timeout", type=float, default=d.publish_timeout,
                     help=f"the workers' KCHAT_PUBLISH_TIMEOUT (default {d.publish_timeout:g})")
