@@ -98,3 +98,51 @@ def test_rooms_map_to_stable_partitions_like_the_java_client():
     # murmur2 of the key, as Kafka's Java producer partitions: a room never moves.
     assert partition_for("lobby", 12) == partition_for("lobby", 12)
     assert {partition_for(f"room{i}", 12) for i in range(200)} == set(range(12))
+
+
+def test_kafka_security_settings_reach_both_kinds_of_client(tmp_path):
+    import faust
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")  # only existence is checked when parsing
+    env = {"KCHAT_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext", "KCHAT_KAFKA_SASL_MECHANISM": "scram-sha-256",
+           "KCHAT_KAFKA_SASL_USERNAME": "kchat", "KCHAT_KAFKA_SASL_PASSWORD": "s3cret"}
+    s = Settings.from_env(env)
+    opts = s.aiokafka_options()
+    assert (opts["security_protocol"], opts["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-256")
+    assert (opts["sasl_plain_username"], opts["sasl_plain_password"]) == ("kchat", "s3cret")
+    assert "ssl_context" not in opts
+    creds = s.faust_credentials()
+    assert isinstance(creds, faust.SASLCredentials) and creds.username == "kchat"
+    assert s.summary()["sasl_password"] == "***" and "s3cret" not in repr(s.summary())
+    assert Settings.from_env({}).faust_credentials() is None
+    assert Settings.from_env({}).aiokafka_options()["security_protocol"] == "PLAINTEXT"
+
+
+@pytest.mark.parametrize("env,word", [
+    ({"KCHAT_KAFKA_SECURITY_PROTOCOL": "TLS"}, "must be one of"),
+    ({"KCHAT_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KCHAT_KAFKA_SASL_USERNAME"),
+    ({"KCHAT_KAFKA_SASL_MECHANISM": "GSSAPI"}, "must be one of"),
+    ({"KCHAT_KAFKA_SSL_CAFILE": "/no/such/ca.pem"}, "not a readable file"),
+    ({"KCHAT_LOG_FORMAT": "xml"}, "must be one of"),
+])
+def test_bad_kafka_security_settings_are_refused(env, word):
+    with pytest.raises(ConfigError, match=word):
+        Settings.from_env(env)
+
+
+def test_jwt_secret_is_never_logged():
+    assert Settings.from_env({"KCHAT_JWT_SECRET": "topsecret"}).summary()["jwt_secret"] == "***"
+
+
+def test_rate_limiter_allows_a_burst_then_asks_to_wait():
+    from kchat_faust.limits import RateLimiter
+
+    now = [100.0]
+    limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    assert [limiter.retry_after("a") for _ in range(3)] == [0, 0, 0]
+    assert limiter.retry_after("a") == 1
+    assert limiter.retry_after("b") == 0  # per user
+    now[0] += 0.5  # one token back at 2/s
+    assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
+    assert RateLimiter(rate=0, burst=1).retry_after("x") == 0  # off
