@@ -174,7 +174,7 @@ class Settings:
     def faust_credentials(self):
         """The same settings in Faust's form, for the app's own consumer and producer."""
         import faust
-        from faust.types.auth import AuthProtocol, SASLMechanism
+        from faust.types.auth import SASLMechanism
 
         if self.security_protocol == "PLAINTEXT":
             return None

@@ -20,6 +20,7 @@ import pytest
 from kubernetes_validate.utils import latest_version
 
 from tests.support import k8s as s
+from tests.support.kafka import jvms_naming, parse_describe
 
 NAMESPACE = "kafka"
 CLUSTER_DOMAIN = "cluster.local"
@@ -521,34 +522,6 @@ def test_cluster_id_is_a_kafka_uuid(variants):
 # the configuration boots a real KRaft cluster; the topic Job creates chatroom on it
 
 
-def kill_our_jvms(state_dir: Path) -> None:
-    """Last resort after `kafka-local down`: SIGKILL the JVMs whose command line names our state dir."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0].decode(errors="replace")).startswith("java") \
-                and any(str(state_dir).encode() in a for a in argv):
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def describe_partitions(text: str) -> dict[int, dict]:
-    out = {}
-    for line in text.splitlines():
-        m = re.search(r"Partition:\s*(\d+)\s+Leader:\s*(-?\d+)\s+Replicas:\s*([\d,]+)\s+Isr:\s*([\d,]*)", line)
-        if m:
-            out[int(m.group(1))] = {"leader": int(m.group(2)),
-                                    "replicas": [int(x) for x in m.group(3).split(",")],
-                                    "isr": [int(x) for x in m.group(4).split(",") if x]}
-    return out
-
-
 @pytest.mark.kafka
 @pytest.mark.cluster4
 @pytest.mark.timeout(240)
@@ -612,8 +585,8 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
             described = subprocess.run([*kafka_local, "describe", "chatroom"], capture_output=True, text=True,
                                        timeout=120)
             assert described.returncode == 0, described.stderr
-            partitions = describe_partitions(described.stdout)
-            in_sync = all(sorted(p["isr"]) == list(range(BROKERS)) for p in partitions.values())
+            partitions = parse_describe(described.stdout)
+            in_sync = all(sorted(p.isr) == list(range(BROKERS)) for p in partitions.values())
             if in_sync or time.monotonic() > deadline:
                 break
             time.sleep(2)
@@ -621,7 +594,7 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
         assert re.search(r"Configs:.*\bmin\.insync\.replicas=2\b", described.stdout), described.stdout
         assert sorted(partitions) == list(range(PARTITIONS))
         for p in partitions.values():
-            assert sorted(p["replicas"]) == list(range(BROKERS))
+            assert sorted(p.replicas) == list(range(BROKERS))
         assert in_sync, described.stdout
 
         # Run again (a re-applied Job): nothing created, still succeeds.
@@ -641,7 +614,8 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
             early_job.kill()
             early_job.wait()
         subprocess.run([*kafka_local, "down", "--timeout", "20"], capture_output=True, timeout=120)
-        kill_our_jvms(state)
+        for pid in jvms_naming(state):  # last resort after `kafka-local down`
+            os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
-import sys
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.support.kafka import (KAFKA_LOCAL, KafkaCluster, create_topic, describe_topic, free_port_base,
-                                 parse_describe, run_kafka_local)
+from tests.support.kafka import (KafkaCluster, create_topic, describe_topic, free_port_base, jvms_naming,
+                                 parse_describe, pid_alive, run_kafka_local)
 
 pytestmark = pytest.mark.kafka
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def jvms_naming(path: Path) -> list[int]:
-    """pids of live kafka.Kafka processes whose command line names path (like `pgrep -f <path>`)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kafka.Kafka" in argv and any(str(path).encode() in a for a in argv) and pid_alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -193,6 +193,29 @@ def parse_describe(text: str) -> dict[int, Partition]:
     return out
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def jvms_naming(path: Path) -> list[int]:
+    """pids of live kafka.Kafka processes whose command line names path (like `pgrep -f <path>`)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in argv and any(str(path).encode() in a for a in argv) and pid_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def _session_cluster(tmp_path_factory, name: str, brokers: int, env: str):
     external = os.environ.get(env)
     if external:
