@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 PORT ?= 6066
 KAFKA := scripts/kafka-local
 
-.PHONY: help setup tools run down test test-quick bench clean
+.PHONY: help setup tools run down test bench chaos clean
 
 help:
 	@echo "make run     start a local Kafka (one broker) and a kchat worker on port $(PORT)"
 	@echo "make test    install everything and run the test suite against real Kafka"
 	@echo "make down    stop the local Kafka started by make run"
 	@echo "make bench   run the benchmarks (prints figures; never fails on timing)"
+	@echo "make chaos   the tutorial's chaos test, automated: 4 brokers, one SIGKILLed every 20 s (~5 min)"
 
 # Java 17+ and Maven run Kafka; Debian's packages where the machine lacks them.
 tools:
@@ -51,6 +52,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/kafka_up.py
+
+chaos: setup
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .kafka-local .pytest_cache

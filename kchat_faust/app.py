@@ -80,6 +80,31 @@ user_counts = app.Table(
              "max_write_buffer_number": 2},
 )
 
+class LocalCounts:
+    """This worker's share of user_counts as plain ints, for GET /stats/users.
+
+    Reading the table means iterating RocksDB and decoding a JSON value per user: fine once
+    per rebalance, too slow per request with 100k users. Rebuilt lazily after any change
+    of assignment, kept current by count_messages in between.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] | None = None
+
+    def snapshot(self) -> dict[str, int]:
+        if self.counts is None:
+            self.counts = {user: state["count"] for user, state in user_counts.items() if state}
+        return self.counts
+
+    def set(self, user: str, count: int) -> None:
+        if self.counts is not None:
+            self.counts[user] = count
+
+    def invalidate(self) -> None:
+        self.counts = None
+
+
+local_counts = LocalCounts()
 publisher = Publisher(settings)
 reader = LogReader(settings)
 hub = Hub(settings, reader)
@@ -110,6 +135,22 @@ async def count_messages(stream):
             continue
         user_counts[counted.user] = {"count": state["count"] + 1,
                                      "seen": {**state["seen"], key: counted.offset}}
+        local_counts.set(counted.user, state["count"] + 1)
+
+
+@app.on_partitions_revoked.connect
+async def _forget_counts_on_revoke(app, *args, **kwargs) -> None:
+    local_counts.invalidate()
+
+
+@app.on_partitions_assigned.connect
+async def _forget_counts_on_assign(app, *args, **kwargs) -> None:
+    local_counts.invalidate()
+
+
+@user_counts.on_recover
+async def _forget_counts_on_recover() -> None:
+    local_counts.invalidate()  # the table may have changed under the snapshot
 
 
 @app.task

@@ -11,7 +11,7 @@ from aiohttp import ClientError, ClientTimeout, web
 from aiohttp_sse import sse_response
 from faust.web import View
 
-from .app import app, hub, publisher, ready, settings, user_counts
+from .app import app, hub, local_counts, publisher, ready, settings, user_counts
 from .auth import AuthError, check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import RateLimiter
@@ -220,13 +220,9 @@ class SeedEvents(View):
 
 
 # -- per-user counts ------------------------------------------------------------------
-def local_counts() -> dict[str, int]:
-    # items() covers only the partitions this worker holds actively: no double counting.
-    return {user: state["count"] for user, state in user_counts.items() if state}
-
-
 async def gather_counts() -> dict[str, int]:
-    counts = local_counts()
+    # The snapshot covers only the partitions this worker holds actively: no double counting.
+    counts = dict(local_counts.snapshot())
     me = str(app.conf.canonical_url).rstrip("/")
     others = [url.rstrip("/") for url, parts in app.router.table_metadata(user_counts.name).items()
               if url.rstrip("/") != me and any(parts.values())]
@@ -251,7 +247,7 @@ class UserStats(View):
     async def get(self, request: web.Request) -> web.Response:
         scope = request.query.get("scope")
         if scope == "local":  # asked by another worker
-            return web.json_response({"users": local_counts()})
+            return web.json_response({"users": local_counts.snapshot()})
         if scope is not None:
             raise ValidationError("scope", "must be 'local' or absent")
         return web.json_response({"users": await gather_counts()})

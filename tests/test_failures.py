@@ -12,18 +12,9 @@ from aiokafka import AIOKafkaProducer
 from kchat_faust.models import new_message
 
 from tests.support.chat import Listener, post, unique
-from tests.support.kafka import KafkaCluster
 from tests.support.worker import Worker
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def own_kafka(tmp_path):
-    """A single-node cluster of this test's own, so stopping it disturbs no other test."""
-    cluster = KafkaCluster.start_new(tmp_path / "kafka")
-    yield cluster
-    cluster.down()
 
 
 async def test_publish_answers_503_while_brokers_are_down_and_recovers(own_kafka, tmp_path):

@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from httpx_sse import aconnect_sse
 
 from tests.support.chat import unique
-from tests.support.kafka import KafkaCluster
 from tests.support.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
@@ -121,13 +120,6 @@ async def records_in(bootstrap: str, topic: str) -> int:
         return sum(ends[tp] - begins[tp] for tp in tps)
     finally:
         await consumer.stop()
-
-
-@pytest.fixture
-def own_kafka(tmp_path):
-    cluster = KafkaCluster.start_new(tmp_path / "kafka")
-    yield cluster
-    cluster.down()
 
 
 async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(own_kafka, tmp_path):

@@ -251,3 +251,11 @@ def kafka4_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kafka4_bootstrap(kafka4_cluster) -> str:
     return kafka4_cluster.bootstrap
+
+
+@pytest.fixture
+def own_kafka(tmp_path):
+    """A single-node cluster of the test's own, for tests that stop brokers or need their own group."""
+    cluster = KafkaCluster.start_new(tmp_path / "kafka")
+    yield cluster
+    cluster.down()
