@@ -185,6 +185,9 @@ class Hub(mode.Service):
 
     async def catch_up(self, sub: Subscriber, after_offset: int) -> AsyncIterator[bytes]:
         """Frames of sub's room from after_offset+1 up to where its live queue begins."""
+        # The client has everything up to after_offset; this worker's reader may be behind the
+        # one that handed out the token, so the live queue must skip those offsets too.
+        sub.last_offset = after_offset
         records = self.reader.read(sub.partition, after_offset + 1, sub.live_from)
         async with aclosing(records):
             async for record in records:
@@ -196,8 +199,10 @@ class Hub(mode.Service):
                 DELIVERED.inc()
                 yield Frames(msg, record.partition, record.offset).render(sub.compat)
 
-    async def recent(self, room: str, limit: int) -> list[dict]:
-        """The room's last `limit` messages, read back from Kafka, oldest first.
+    async def recent(self, room: str, limit: int) -> tuple[list[dict], str]:
+        """The room's last `limit` messages, read back from Kafka, oldest first, and the resume
+        token of the point the read covered: resuming from it continues exactly after it, even
+        in a room with no message yet.
 
         Rooms share partitions, so the scan walks back in growing windows until it has
         enough, reaches the log start, or has looked at MAX_HISTORY_SCAN records.
@@ -219,7 +224,7 @@ class Hub(mode.Service):
                         chunk.append(message_json(msg, r.partition, r.offset))
             found = chunk + found
             stop, window = start, window * 4
-        return found[-limit:]
+        return found[-limit:], event_id(partition, end - 1)
 
     # -- the reader -------------------------------------------------------------------
     async def on_stop(self) -> None:

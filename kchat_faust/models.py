@@ -115,7 +115,7 @@ def parse_event_id(token: str) -> tuple[int, int]:
         partition, offset = int(p), int(o)
     except (ValueError, AttributeError):
         raise ValidationError("last_event_id", f"{token!r} is not an event id from this service") from None
-    if partition < 0 or offset < 0:
+    if partition < 0 or offset < -1:  # -1: before the partition's first record
         raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
     return partition, offset
 

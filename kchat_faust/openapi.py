@@ -12,9 +12,9 @@ ROOM = {"name": "room", "in": "path", "required": True,
 LAST_EVENT_ID = [
     {"name": "Last-Event-ID", "in": "header", "required": False,
      "description": "Resume after this event id (partition:offset)",
-     "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}},
+     "schema": {"type": "string", "pattern": "^[0-9]+:-?[0-9]+$"}},
     {"name": "last_event_id", "in": "query", "required": False,
-     "description": "Same as the Last-Event-ID header", "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}},
+     "description": "Same as the Last-Event-ID header", "schema": {"type": "string", "pattern": "^[0-9]+:-?[0-9]+$"}},
     {"name": "access_token", "in": "query", "required": False,
      "description": "The bearer token, for EventSource clients that cannot send headers",
      "schema": {"type": "string"}},
@@ -60,8 +60,12 @@ SPEC = {
                 "parameters": [{"name": "limit", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
                 "responses": {"200": {"description": "History", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["room", "messages"],
+                    "schema": {"type": "object", "required": ["room", "messages", "last_event_id"],
                                "properties": {"room": {"type": "string"},
+                                              "last_event_id": {
+                                                  "type": "string", "pattern": "^[0-9]+:-?[0-9]+$",
+                                                  "description": "Resume the event stream from here: "
+                                                                 "no gap after this history"},
                                               "messages": {"type": "array",
                                                            "items": {"$ref": "#/components/schemas/Message"}}}}}}},
                     **_errors(400, 401, 404, 503)},

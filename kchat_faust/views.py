@@ -145,7 +145,8 @@ class RoomMessages(View):
             limit = 0
         if not 1 <= limit <= MAX_HISTORY:
             raise ValidationError("limit", f"must be a whole number from 1 to {MAX_HISTORY}")
-        return web.json_response({"room": room, "messages": await hub.recent(room, limit)})
+        messages, resume_from = await hub.recent(room, limit)
+        return web.json_response({"room": room, "messages": messages, "last_event_id": resume_from})
 
 
 @app.page("/api/topics/{topic}")

@@ -231,3 +231,20 @@ async def test_readyz_and_healthz(kchat_worker, client):
     r = await client.get(f"{kchat_worker.url}/readyz")
     assert r.status_code == 200
     assert r.json() == {"ready": True, "producer": True, "fanout": True, "tables": True}
+
+
+async def test_history_gives_a_resume_point_with_no_gap_even_for_an_empty_room(kchat_worker, client):
+    room = unique("fresh")
+    r = await client.get(f"{kchat_worker.url}/api/rooms/{room}/messages")
+    assert r.json()["messages"] == []
+    resume_from = r.json()["last_event_id"]
+    # posted after the history was read and before the stream opens: must not be lost
+    missed = await post(client, kchat_worker.url, room, "early", "between history and stream")
+    listener = Listener(kchat_worker.url, room)
+    listener.last_id = resume_from
+    await listener.start()
+    later = await post(client, kchat_worker.url, room, "late", "after")
+    got = await listener.wait_for(2)
+    await asyncio.sleep(0.3)
+    await listener.stop()
+    assert got == [missed, later]

@@ -256,14 +256,15 @@ def test_stats_table_lists_senders_busiest_first(kchat_worker):
     while True:  # counts are updated by a stream processor, a moment after the send
         r = kchat(url, "stats")
         assert r.returncode == 0, r.stderr
-        rows = {row.split()[0]: row.split()[1] for row in r.stdout.splitlines()[1:]}
+        # user names may contain spaces (other tests post some): the count is the last column
+        rows = dict(row.rsplit(None, 1) for row in r.stdout.splitlines()[1:])
         if rows.get(busy) == "3" and rows.get(quiet) == "1" or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert r.stdout.splitlines()[0].split() == ["USER", "MESSAGES"]
     assert rows.get(busy) == "3" and rows.get(quiet) == "1", r.stdout
-    names = [row.split()[0] for row in r.stdout.splitlines()[1:]]
-    counts = [int(row.split()[1]) for row in r.stdout.splitlines()[1:]]
+    names = [row.rsplit(None, 1)[0] for row in r.stdout.splitlines()[1:]]
+    counts = [int(row.rsplit(None, 1)[1]) for row in r.stdout.splitlines()[1:]]
     assert counts == sorted(counts, reverse=True)
     assert names.index(busy) < names.index(quiet)
 

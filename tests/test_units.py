@@ -82,7 +82,8 @@ def test_plain_text_records_from_the_console_producer_are_shown_not_dropped():
 
 def test_event_ids_round_trip_and_garbage_is_refused():
     assert parse_event_id("4:120") == (4, 120)
-    for bad in ("", "4", "a:b", "4:-1", "1:2:3"):
+    assert parse_event_id("4:-1") == (4, -1)  # before the first record: from the start
+    for bad in ("", "4", "a:b", "4:-2", "-1:3", "1:2:3"):
         with pytest.raises(ValidationError):
             parse_event_id(bad)
 

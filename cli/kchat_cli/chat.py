@@ -16,13 +16,12 @@ HISTORY = 20
 
 async def run_chat(client: Client, user: str, room: str) -> None:
     async with client:
-        history = await client.history(room, limit=HISTORY)
+        history, since = await client.history(room, limit=HISTORY)
         for msg in history:
             print(message_line(msg))
         print(f"-- joined room {room} as {user}; /quit or Ctrl-D to leave --")
-        # Resuming after the last message shown leaves no gap between the
-        # history and the live stream, and repeats nothing.
-        since = history[-1].get("event_id") if history else None
+        # Resuming from the point the history read covered leaves no gap between the
+        # history and the live stream, and repeats nothing -- also in an empty room.
 
         # patch_stdout makes print() from the receiving task land above the
         # prompt instead of in the middle of what the user is typing.

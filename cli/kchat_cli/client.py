@@ -169,10 +169,11 @@ class Client:
                 await asyncio.sleep(min(err.retry_after, RATE_LIMIT_MAX_WAIT))
         raise AssertionError("unreachable")
 
-    async def history(self, room: str, limit: int = 20) -> list[dict[str, Any]]:
+    async def history(self, room: str, limit: int = 20) -> tuple[list[dict[str, Any]], str | None]:
+        """The room's last messages and the event id to resume the stream from after them."""
         body = await self._request("GET", self._room_path(room, "messages"),
                                    params={"limit": limit})
-        return list(body.get("messages", []))
+        return list(body.get("messages", [])), body.get("last_event_id")
 
     async def user_counts(self) -> dict[str, int]:
         body = await self._request("GET", "/stats/users")

@@ -111,6 +111,8 @@
       { cache: "no-store", headers: authHeaders(s, {}) });
     const body = await r.json().catch(() => ({}));
     if (!r.ok) throw new Error(body.error || "history: HTTP " + r.status);
+    // Where the history read ended: resuming there leaves no gap, even in an empty room.
+    if (typeof body.last_event_id === "string") s.historyEnd = body.last_event_id;
     return Array.isArray(body.messages) ? body.messages : [];
   }
 
@@ -252,6 +254,7 @@
     }
     if (session !== s) return;
     for (const m of history) { addMessage(s, m); advance(s, m); }
+    if (!s.lastEventId && s.historyEnd) s.lastEventId = s.historyEnd;
     ui.messages.scrollTop = ui.messages.scrollHeight;
     connect(s);
     ui.text.focus();
