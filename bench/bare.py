@@ -2,7 +2,7 @@
 """The baseline: a bare aiohttp app that reads a POST body and answers 200, served the way Faust serves
 its own web app (AppRunner with access_log=None, TCPSite on 127.0.0.1), on the default asyncio loop.
 
-    python bench/bare.py PORT MAX_SECONDS
+    python bench/bare.py PORT MAX_SECONDS [uvloop]
 
 Stops by itself after MAX_SECONDS (or on SIGTERM/SIGINT).
 """
@@ -40,4 +40,7 @@ async def main(port: int, max_seconds: float) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[3:] == ["uvloop"]:  # the same loop as workers started with F_LOOP=uvloop
+        import uvloop
+        uvloop.install()
     asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))

@@ -238,7 +238,10 @@ class Subscribers:
 
 
 def start_worker(ctx: Ctx, name: str) -> Worker:
-    w = Worker(ctx.bootstrap, ctx.tmp / name, {"KCHAT_REPLICATION_FACTOR": "1"})
+    env = {"KCHAT_REPLICATION_FACTOR": "1"}
+    if ctx.args.loop == "uvloop":
+        env["F_LOOP"] = "uvloop"  # faust reads it at import: `faust --loop uvloop`
+    w = Worker(ctx.bootstrap, ctx.tmp / name, env)
     ctx.workers.append(w)
     log(f"starting worker {name}")
     w.start(timeout=180)
@@ -308,7 +311,8 @@ def section_baselines(ctx: Ctx) -> None:
     out = ctx.results.setdefault("baselines", {})
     # 1. a bare aiohttp handler, same client, same bytes
     port = free_port()
-    bare = subprocess.Popen([PY, str(BENCH / "bare.py"), str(port), str(len(a.concurrency) * (a.duration + a.warmup + 60) + 60)],
+    bare = subprocess.Popen([PY, str(BENCH / "bare.py"), str(port), str(len(a.concurrency) * (a.duration + a.warmup + 60) + 60)]
+                            + (["uvloop"] if a.loop == "uvloop" else []),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ctx.children.append(bare)
     try:
@@ -581,12 +585,34 @@ def _package(frame: str) -> str:
     return path.split("/", 1)[0] if "/" in path else path
 
 
+# What the worker was doing: the first of these found in a stack (from the root) names the sample.
+ACTIVITIES = (
+    ("HTTP requests (aiohttp, views)", ("RequestHandler.", "aiohttp/web_protocol.py", "kchat_faust/views.py")),
+    ("agents route_by_user/count_messages", ("Agent._execute_actor", "route_by_user", "count_messages")),
+    ("fan-out reader (Hub)", ("Hub.", "kchat_faust/fanout.py")),
+    ("aiokafka producer sender", ("aiokafka/producer/",)),
+    ("aiokafka connections", ("aiokafka/conn.py",)),
+    ("faust consumer/fetcher", ("faust/transport/", "aiokafka/consumer/")),
+    ("tables/stores", ("faust/tables/", "faust/stores/")),
+    ("event loop (select, scheduling)", ("EpollSelector.select", "BaseEventLoop._run_once", "uvloop")),
+)
+
+
+def _activity(frames: list[str]) -> str:
+    for name, keys in ACTIVITIES:
+        if any(k in f for f in frames for k in keys):
+            return name
+    return "other (incl. partial async stacks)"
+
+
 def pyspy_summary(raw: Path, top: int = 15) -> dict:
     """Shares of py-spy's (non-idle) samples: self time per function and per package, and inclusive time
     per function leaving out the event loop and start-up frames every stack shares."""
     self_s: dict[str, int] = {}
     pkg: dict[str, int] = {}
     incl: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    acts: dict[str, int] = {}
     total = threads = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -602,14 +628,19 @@ def pyspy_summary(raw: Path, top: int = 15) -> dict:
         self_s[frames[-1]] = self_s.get(frames[-1], 0) + c
         p = _package(frames[-1])
         pkg[p] = pkg.get(p, 0) + c
+        act = _activity(frames)
+        acts[act] = acts.get(act, 0) + c
         for f in set(frames):
             if not any(x in f for x in _INFRA):
                 incl[f] = incl.get(f, 0) + c
+            if "kchat_faust/" in f:
+                ours[f] = ours.get(f, 0) + c
 
     def share(d):
         return [(f, round(100 * v / max(total, 1), 1)) for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
     return {"samples": total, "other_threads_pct": round(100 * threads / max(total, 1), 1),
-            "self": share(self_s), "self_by_package": share(pkg), "inclusive": share(incl)}
+            "activities": share(acts), "self": share(self_s), "self_by_package": share(pkg),
+            "inclusive": share(incl), "inclusive_kchat": share(ours)}
 
 
 def profiled(ctx: Ctx, name: str, duration: float, pid: int, run) -> dict:
@@ -651,23 +682,24 @@ def section_profile(ctx: Ctx) -> None:
     w = ctx.worker
     d = a.profile_duration
     rate, nsubs = a.profile_fanout
-    runs = {
-        "publish": ("publish load (native, c=64) on worker A",
-                    lambda on_start: strip(run_load(ctx, "post", {
-                        "port": w.port, "kind": "native", "concurrency": 64, "room": "bench", "warmup": 0.5,
-                        "duration": d, "text_bytes": TEXT_BYTES, "watch_pid": w.proc.pid},
-                        timeout=d + 60, on_start=on_start))),
-        "fanout": (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
-                   lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof", on_start=on_start))),
-    }
-    if "stats" in ctx.results:
+    runs = {}
+    if "stats" in ctx.results:  # first: the other two leave a counting backlog behind
         runs["stats"] = ("GET /stats/users (c=1) on worker A",
                          lambda on_start: strip(run_load(ctx, "post", {
                              "port": w.port, "kind": "get", "path": "/stats/users", "concurrency": 1,
                              "warmup": 0.5, "duration": d, "watch_pid": w.proc.pid},
                              timeout=d + 60, on_start=on_start)))
+    runs["publish"] = ("publish load (native, c=64) on worker A",
+                       lambda on_start: strip(run_load(ctx, "post", {
+                           "port": w.port, "kind": "native", "concurrency": 64, "room": "bench", "warmup": 0.5,
+                           "duration": d, "text_bytes": TEXT_BYTES, "watch_pid": w.proc.pid},
+                           timeout=d + 60, on_start=on_start)))
+    runs["fanout"] = (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
+                      lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof", on_start=on_start)))
     for name, (what, run) in runs.items():
-        quiesce(w.proc.pid)
+        waited = quiesce(w.proc.pid, limit=120)
+        if waited > 2:
+            log(f"profile: waited {waited:.0f}s for worker A to finish its backlog")
         log(f"profile: py-spy on the worker under {what} for {d:g}s")
         try:
             out[name] = profiled(ctx, name, d, w.proc.pid, run)
@@ -679,12 +711,14 @@ def section_profile(ctx: Ctx) -> None:
             continue
         ctx.row("profile", f"{name}: {what}", f"worker {100 * s['worker_cpu_share']:.0f}% of a core, "
                 f"{s['samples']} samples ({s['file']})")
+        ctx.row("profile", f"{name}: activities",
+                ", ".join(f"{p} {pct:.0f}%" for p, pct in s["activities"][:6]))
         ctx.row("profile", f"{name}: self by package",
                 ", ".join(f"{p} {pct:.0f}%" for p, pct in s["self_by_package"][:7]))
         for fn, pct in s["self"][:6]:
             ctx.row("profile", f"{name}: self", f"{pct:5.1f}%  {fn}")
-        for fn, pct in s["inclusive"][:8]:
-            ctx.row("profile", f"{name}: inclusive", f"{pct:5.1f}%  {fn}")
+        for fn, pct in s["inclusive_kchat"][:6]:
+            ctx.row("profile", f"{name}: inclusive (kchat_faust)", f"{pct:5.1f}%  {fn}")
 
 
 def strip(r: dict) -> dict:
@@ -761,6 +795,9 @@ def parse_args(argv=None):
     ap.add_argument("--stats-wait", type=float, default=900.0, help="at most this long for counting (900 s)")
     ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 3)")
     ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="event loop of the workers and of the bare aiohttp baseline (asyncio; uvloop needs the "
+                         "uvloop package); the load processes always use asyncio")
     ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
     a = ap.parse_args(argv)
@@ -788,7 +825,7 @@ def main(argv=None) -> int:
     ctx = Ctx(a, stamp)
     began = time.monotonic()
     nofile = raise_nofile()  # workers inherit it: 10,000 subscribers need 10,000+ descriptors
-    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(),
+    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "loop": a.loop,
             "loadavg_start": os.getloadavg(), "python": platform.python_version(), "nofile": nofile,
             "options": {k: v for k, v in vars(a).items()},
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -848,7 +885,7 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(ctx.tmp, ignore_errors=True)
     print()
-    print(f"kchat bench {stamp}: {os.cpu_count()} cpus, load average {meta['loadavg_start'][0]:.1f} at start, "
+    print(f"kchat bench {stamp} ({a.loop} loop): {os.cpu_count()} cpus, load average {meta['loadavg_start'][0]:.1f} at start, "
           f"{meta['loadavg_end'][0]:.1f} at end; {meta['elapsed_s'] / 60:.1f} min. The machine is shared: "
           "figures are noisy, re-run at a quiet moment.")
     print("Publish is HTTP request/response (one message per request); Kafka's ProducerPerformance batches "
