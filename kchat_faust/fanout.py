@@ -248,6 +248,12 @@ class Hub(mode.Service):
                 log.warning("fan-out reader: %s; reconnecting", exc)
                 self.ready = False
                 await self.sleep(1.0)
+            except Exception:
+                # Anything else is a bug, but a silent dead reader would starve every
+                # subscriber while /readyz still said yes: log it, mark unready, start over.
+                log.exception("fan-out reader failed; restarting it")
+                self.ready = False
+                await self.sleep(1.0)
             finally:
                 self._consumer = None
                 await consumer.stop()
