@@ -7,6 +7,7 @@ import json
 import logging
 import time
 
+import orjson
 from aiohttp import ClientError, ClientTimeout, web
 from aiohttp_sse import sse_response
 from faust.web import View
@@ -27,6 +28,13 @@ class TooManyRequests(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(retry_after)
         self.retry_after = retry_after
+
+
+def fast_json(data, status: int = 200) -> web.Response:
+    """For the big and the frequent bodies (counts, history, stored messages): orjson is several
+    times faster than json. Error bodies stay on json, which also copes with lone surrogates
+    echoed from bad input."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def error(status: int, message: str, **extra) -> web.Response:
@@ -133,7 +141,7 @@ class RoomMessages(View):
             if field not in body:
                 raise ValidationError(field, "is required")
         stored = await store(request, room, body["user"], body["text"])
-        return web.json_response(stored, status=201)
+        return fast_json(stored, status=201)
 
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
@@ -146,7 +154,7 @@ class RoomMessages(View):
         if not 1 <= limit <= MAX_HISTORY:
             raise ValidationError("limit", f"must be a whole number from 1 to {MAX_HISTORY}")
         messages, resume_from = await hub.recent(room, limit)
-        return web.json_response({"room": room, "messages": messages, "last_event_id": resume_from})
+        return fast_json({"room": room, "messages": messages, "last_event_id": resume_from})
 
 
 @app.page("/api/topics/{topic}")
@@ -234,8 +242,8 @@ async def gather_counts() -> dict[str, int]:
                                            timeout=ClientTimeout(total=5)) as r:
                 if r.status != 200:
                     raise KafkaUnavailable(f"worker {url} answered {r.status} for its counts")
-                return (await r.json())["users"]
-        except (ClientError, asyncio.TimeoutError) as exc:
+                return orjson.loads(await r.read())["users"]
+        except (ClientError, asyncio.TimeoutError, ValueError, KeyError) as exc:
             raise KafkaUnavailable(f"worker {url} did not give its counts ({exc.__class__.__name__})") from None
 
     for part in await asyncio.gather(*(fetch(u) for u in others)):
@@ -248,10 +256,10 @@ class UserStats(View):
     async def get(self, request: web.Request) -> web.Response:
         scope = request.query.get("scope")
         if scope == "local":  # asked by another worker
-            return web.json_response({"users": local_counts.snapshot()})
+            return fast_json({"users": local_counts.snapshot()})
         if scope is not None:
             raise ValidationError("scope", "must be 'local' or absent")
-        return web.json_response({"users": await gather_counts()})
+        return fast_json({"users": await gather_counts()})
 
 
 @app.page("/stats/users/{user}")
