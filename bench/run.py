@@ -18,6 +18,7 @@ Every figure is printed with its target and whether it is met; the machine is sh
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -118,6 +119,7 @@ class Ctx:
         self.workers: list[Worker] = []
         self.worker: Worker | None = None
         self.children: list[subprocess.Popen] = []
+        self.code_dir: Path | None = None
         self.results: dict = {}
         self.cdf: dict[str, dict[str, np.ndarray]] = {"publish": {}, "e2e": {}, "fanout": {}, "stats": {}}
         self.rows: list[tuple] = []
@@ -237,8 +239,28 @@ class Subscribers:
         return agg
 
 
+def snapshot_code(ctx: Ctx) -> dict:
+    """Copy kchat_faust/ so that every worker of this run runs the same code even while the tree
+    is being edited (workers import the copy: PYTHONPATH comes before the editable install)."""
+    src = Path(ctx.args.code) if ctx.args.code else REPO
+    if not (src / "kchat_faust" / "__init__.py").exists():
+        raise SystemExit(f"--code {src}: no kchat_faust/ there")
+    dst = ctx.tmp / "code"
+    shutil.copytree(src / "kchat_faust", dst / "kchat_faust",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = hashlib.sha1()
+    for f in sorted((dst / "kchat_faust").rglob("*")):
+        if f.is_file():
+            digest.update(str(f.relative_to(dst)).encode())
+            digest.update(f.read_bytes())
+    ctx.code_dir = dst
+    return {"code_from": str(src), "code_sha1": digest.hexdigest()[:12]}
+
+
 def start_worker(ctx: Ctx, name: str) -> Worker:
     env = {"KCHAT_REPLICATION_FACTOR": "1"}
+    if ctx.code_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(ctx.code_dir)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     if ctx.args.loop == "uvloop":
         env["F_LOOP"] = "uvloop"  # faust reads it at import: `faust --loop uvloop`
     w = Worker(ctx.bootstrap, ctx.tmp / name, env)
@@ -798,6 +820,12 @@ def parse_args(argv=None):
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the workers and of the bare aiohttp baseline (asyncio; uvloop needs the "
                          "uvloop package); the load processes always use asyncio")
+    ap.add_argument("--code", metavar="DIR",
+                    help="run the kchat_faust/ found in DIR (e.g. a saved copy, to compare two runs on the same "
+                         "code); default: a copy of this tree's, taken when the run starts")
+    ap.add_argument("--live-code", action="store_true",
+                    help="run the tree's kchat_faust/ itself, not a copy (edits during the run then apply to "
+                         "workers started later)")
     ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
     a = ap.parse_args(argv)
@@ -830,6 +858,9 @@ def main(argv=None) -> int:
             "options": {k: v for k, v in vars(a).items()},
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                      text=True).stdout.strip(),
+            "kchat_faust_uncommitted": bool(subprocess.run(
+                ["git", "status", "--porcelain", "--", "kchat_faust"], cwd=REPO, capture_output=True,
+                text=True).stdout.strip()),
             "note": "shared machine (other engineers' tests run at the same time): figures are noisy"}
     ctx.results["meta"] = meta
     log(f"bench {stamp}: sections {','.join(a.sections)}; temp dir {ctx.tmp}; fd limit {nofile}; "
@@ -837,6 +868,9 @@ def main(argv=None) -> int:
     if "fanout" in a.sections and nofile < a.fanout_subs + 1000:
         log(f"warning: fd limit {nofile} is below {a.fanout_subs} subscribers + margin")
     failed = None
+    if not a.live_code:
+        meta.update(snapshot_code(ctx))
+        log(f"workers run a copy of {meta['code_from']}/kchat_faust (sha1 {meta['code_sha1']})")
     try:
         if a.bootstrap:
             ctx.bootstrap = a.bootstrap
