@@ -16,8 +16,9 @@ import asyncio
 import json
 import logging
 import re
-from collections import defaultdict
+from collections import deque
 from contextlib import aclosing
+from itertools import islice
 from typing import AsyncIterator
 
 import mode
@@ -73,65 +74,99 @@ class Frames:
         return self._native
 
 
+class RoomFeed:
+    """A room's newest frames, kept once and read by all its subscribers from their own cursors.
+
+    The hub appends each record once and wakes the room once per batch; every subscriber then
+    writes everything past its cursor in one go. Per record the cost is one append, not one
+    queue operation per subscriber. A subscriber that falls more than `capacity` frames
+    behind is disconnected (it can resume), so memory stays bounded and nobody waits for it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.frames: deque[tuple[int, Frames]] = deque(maxlen=capacity)
+        self.end = 0  # sequence number after the newest frame
+        self.subscribers: set[Subscriber] = set()
+        self.changed = asyncio.Event()
+
+    @property
+    def start(self) -> int:
+        return self.end - len(self.frames)
+
+    def append(self, offset: int, frames: Frames) -> None:
+        self.frames.append((offset, frames))
+        self.end += 1
+
+    def wake(self) -> None:
+        """Wake every waiting subscriber; the next ones wait on a fresh event."""
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def settle(self) -> None:
+        """After a batch: disconnect whoever was lapped, forget frames everyone has read."""
+        start, oldest = self.start, self.end
+        for sub in list(self.subscribers):
+            if sub.cursor < start:
+                sub.drop_slow()
+            else:
+                oldest = min(oldest, sub.cursor)
+        for _ in range(oldest - start):
+            self.frames.popleft()
+
+
 class Subscriber:
-    def __init__(self, room: str, partition: int, compat: bool, live_from: int, maxsize: int) -> None:
+    def __init__(self, feed: RoomFeed, room: str, partition: int, compat: bool, live_from: int) -> None:
+        self.feed = feed
         self.room = room
         self.partition = partition
         self.compat = compat
-        self.live_from = live_from  # first offset that will arrive through the queue
+        self.live_from = live_from  # first offset that will arrive through the feed
+        self.cursor = feed.end  # next feed frame to send
         self.last_offset = -1  # last offset handed to the client
-        self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize)
+        self.closed = False
         self.overflowed = False
         self.task: asyncio.Task | None = asyncio.current_task()
 
-    def offer(self, offset: int, frame: bytes) -> None:
+    def drop_slow(self) -> None:
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait((offset, frame))
-        except asyncio.QueueFull:
-            # A slow client must not hold memory or slow the others: drop it; it can resume.
-            self.overflowed = True
-            SLOW_DISCONNECTS.inc()
-            if self.task is not None:
-                self.task.cancel()
+        self.overflowed = True
+        SLOW_DISCONNECTS.inc()
+        if self.task is not None:
+            self.task.cancel()  # also interrupts a write stuck on a full socket
 
     def close(self) -> None:
-        while True:
-            try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self.queue.get_nowait()
+        self.closed = True
 
     async def frames(self, keepalive: float) -> AsyncIterator[bytes]:
         """Live frames, skipping any the catch-up already delivered; keep-alives when idle.
 
-        Whatever the hub queued since the last wake-up goes out as one write: one syscall
-        per subscriber per batch instead of one per message.
+        Everything appended since the last wake-up goes out as one write.
         """
-        while True:
-            try:
-                # asyncio.timeout, unlike wait_for, adds no task: a woken subscriber runs at
-                # once, before the hub's next batch can fill its queue.
-                async with asyncio.timeout(keepalive):
-                    item = await self.queue.get()
-            except TimeoutError:
-                yield KEEPALIVE
+        feed = self.feed
+        while not self.closed:
+            if self.cursor == feed.end:
+                try:
+                    # asyncio.timeout, unlike wait_for, adds no task: a woken subscriber
+                    # runs at once, before the hub's next batch.
+                    async with asyncio.timeout(keepalive):
+                        await feed.changed.wait()
+                except TimeoutError:
+                    yield KEEPALIVE
                 continue
-            chunk = []
-            while item is not None:
-                offset, frame = item
-                if offset > self.last_offset:
-                    self.last_offset = offset
-                    chunk.append(frame)
-                if self.queue.empty():
-                    break
-                item = self.queue.get_nowait()
-            if chunk:
-                yield b"".join(chunk)
-            if item is None:
+            if self.cursor < feed.start:  # lapped while it was writing
+                self.drop_slow()
                 return
+            chunk = []
+            last = self.last_offset
+            for offset, frames in islice(feed.frames, self.cursor - feed.start, None):
+                if offset > last:
+                    last = offset
+                    chunk.append(frames.render(self.compat))
+            self.cursor, self.last_offset = feed.end, last
+            if chunk:
+                DELIVERED.inc(len(chunk))
+                yield b"".join(chunk)
 
 
 class Hub(mode.Service):
@@ -139,14 +174,14 @@ class Hub(mode.Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.reader = reader
-        self.rooms: dict[str, set[Subscriber]] = defaultdict(set)
+        self.rooms: dict[str, RoomFeed] = {}
         self.positions: dict[int, int] = {}  # partition -> next offset the hub will dispatch
         self.ready = False
         self._consumer: AIOKafkaConsumer | None = None
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self.rooms.values())
+        return sum(len(feed.subscribers) for feed in self.rooms.values())
 
     def lag(self) -> dict[int, int]:
         """Per partition, how far the reader is behind the log end it last heard of."""
@@ -166,27 +201,30 @@ class Hub(mode.Service):
     # -- subscribers ---------------------------------------------------------------
     def subscribe(self, room: str, compat: bool = False) -> Subscriber:
         partition = self.partition_for(room)
-        sub = Subscriber(room, partition, compat, self.positions.get(partition, 0),
-                         self.settings.subscriber_buffer)
-        self.rooms[room].add(sub)
+        feed = self.rooms.get(room)
+        if feed is None:
+            feed = self.rooms[room] = RoomFeed(self.settings.subscriber_buffer)
+        sub = Subscriber(feed, room, partition, compat, self.positions.get(partition, 0))
+        feed.subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self.rooms.get(sub.room)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
+        feed = self.rooms.get(sub.room)
+        if feed is not None:
+            feed.subscribers.discard(sub)
+            if not feed.subscribers:
                 del self.rooms[sub.room]
 
     def close_all(self) -> None:
-        for subs in list(self.rooms.values()):
-            for sub in subs:
+        for feed in self.rooms.values():
+            for sub in feed.subscribers:
                 sub.close()
+            feed.wake()
 
     async def catch_up(self, sub: Subscriber, after_offset: int) -> AsyncIterator[bytes]:
-        """Frames of sub's room from after_offset+1 up to where its live queue begins."""
+        """Frames of sub's room from after_offset+1 up to where its live feed begins."""
         # The client has everything up to after_offset; this worker's reader may be behind the
-        # one that handed out the token, so the live queue must skip those offsets too.
+        # one that handed out the token, so the live feed must skip those offsets too.
         sub.last_offset = after_offset
         records = self.reader.read(sub.partition, after_offset + 1, sub.live_from)
         async with aclosing(records):
@@ -283,10 +321,11 @@ class Hub(mode.Service):
 
     async def _dispatch_loop(self, consumer: AIOKafkaConsumer) -> None:
         default_room = self.settings.default_room
-        # A batch never holds more records than one subscriber's buffer, and the loop yields
-        # after each batch: healthy subscribers drain their queues in between, so only one
-        # whose socket is really stuck can overflow.
+        # A batch never holds more records than a feed keeps, and the loop yields after each
+        # batch: healthy subscribers catch up in between, so only one whose socket is really
+        # stuck can be lapped.
         batch_size = min(2000, self.settings.subscriber_buffer)
+        touched: set[RoomFeed] = set()
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
             for records in batches.values():
@@ -297,11 +336,13 @@ class Hub(mode.Service):
                         continue
                     msg = decode_record(record.value, record.partition, record.offset,
                                         record.timestamp, default_room)
-                    subs = self.rooms.get(msg.room) if msg is not None else None
-                    if not subs:
+                    feed = self.rooms.get(msg.room) if msg is not None else None
+                    if feed is None:
                         continue
-                    frames = Frames(msg, record.partition, record.offset)
-                    for sub in list(subs):
-                        sub.offer(record.offset, frames.render(sub.compat))
-                    DELIVERED.inc(len(subs))
+                    feed.append(record.offset, Frames(msg, record.partition, record.offset))
+                    touched.add(feed)
+            for feed in touched:
+                feed.settle()
+                feed.wake()
+            touched.clear()
             await asyncio.sleep(0)

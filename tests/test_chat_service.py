@@ -228,6 +228,7 @@ async def test_two_workers_every_subscriber_gets_its_room_once_in_order(kchat_wo
 async def test_readyz_and_healthz(kchat_worker, client):
     r = await client.get(f"{kchat_worker.url}/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+    kchat_worker.wait_ready()  # an earlier test's worker leaving may still be rebalancing
     r = await client.get(f"{kchat_worker.url}/readyz")
     assert r.status_code == 200
     assert r.json() == {"ready": True, "producer": True, "fanout": True, "tables": True}
