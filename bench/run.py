@@ -759,10 +759,14 @@ def plot(ctx: Ctx, png: Path) -> bool:
     panels = [(k, v) for k, v in ctx.cdf.items() if any(len(x) for x in v.values())]
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     titles = {"publish": "publish: POST latency (closed loop)", "e2e": "end to end: POST sent -> SSE event",
               "fanout": "fan-out: one message -> each idle subscriber", "stats": "GET /stats/users"}
-    for ax, (key, curves) in zip(axes[0], panels):
+    for ax, (key, curves) in zip(axes.flat, panels):
         for label, lat in curves.items():
             if not len(lat):
                 continue
