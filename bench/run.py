@@ -711,13 +711,16 @@ def section_profile(ctx: Ctx) -> None:
                              "port": w.port, "kind": "get", "path": "/stats/users", "concurrency": 1,
                              "warmup": 0.5, "duration": d, "watch_pid": w.proc.pid},
                              timeout=d + 60, on_start=on_start)))
-    runs["publish"] = ("publish load (native, c=64) on worker A",
-                       lambda on_start: strip(run_load(ctx, "post", {
-                           "port": w.port, "kind": "native", "concurrency": 64, "room": "bench", "warmup": 0.5,
-                           "duration": d, "text_bytes": TEXT_BYTES, "watch_pid": w.proc.pid},
-                           timeout=d + 60, on_start=on_start)))
-    runs["fanout"] = (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
-                      lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof", on_start=on_start)))
+    for c in a.profile_publish:
+        runs[f"publish_c{c}"] = (f"publish load (native, c={c}) on worker A",
+                                 lambda on_start, c=c: strip(run_load(ctx, "post", {
+                                     "port": w.port, "kind": "native", "concurrency": c, "room": "bench",
+                                     "warmup": 0.5, "duration": d, "text_bytes": TEXT_BYTES,
+                                     "watch_pid": w.proc.pid}, timeout=d + 60, on_start=on_start)))
+    if rate and nsubs:
+        runs["fanout"] = (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
+                          lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof",
+                                                          on_start=on_start)))
     for name, (what, run) in runs.items():
         waited = quiesce(w.proc.pid, limit=120)
         if waited > 2:
@@ -820,7 +823,8 @@ def parse_args(argv=None):
     ap.add_argument("--stats-duration", type=float, default=60.0, help="at most this many seconds of GETs (60)")
     ap.add_argument("--stats-wait", type=float, default=900.0, help="at most this long for counting (900 s)")
     ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 3)")
-    ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out")
+    ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out (1000,1000; 0,0: none)")
+    ap.add_argument("--profile-publish", default="1,64", help="concurrencies of the profiled publish loads (1,64)")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the workers and of the bare aiohttp baseline (asyncio; uvloop needs the "
                          "uvloop package); the load processes always use asyncio")
@@ -848,6 +852,7 @@ def parse_args(argv=None):
     a.e2e_rates = [int(x) for x in a.e2e_rates.split(",")]
     a.e2e_subs = [int(x) for x in a.e2e_subs.split(",")]
     a.profile_fanout = [int(x) for x in a.profile_fanout.split(",")]
+    a.profile_publish = [int(x) for x in a.profile_publish.split(",") if x]
     return a
 
 
