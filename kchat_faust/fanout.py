@@ -83,6 +83,8 @@ class RoomFeed:
     behind is disconnected (it can resume), so memory stays bounded and nobody waits for it.
     """
 
+    __slots__ = ("frames", "end", "subscribers", "changed")
+
     def __init__(self, capacity: int) -> None:
         self.frames: deque[tuple[int, Frames]] = deque(maxlen=capacity)
         self.end = 0  # sequence number after the newest frame
@@ -115,6 +117,10 @@ class RoomFeed:
 
 
 class Subscriber:
+    # Thousands of idle subscribers per worker: no per-instance __dict__.
+    __slots__ = ("feed", "room", "partition", "compat", "live_from", "cursor", "last_offset",
+                 "closed", "overflowed", "task")
+
     def __init__(self, feed: RoomFeed, room: str, partition: int, compat: bool, live_from: int) -> None:
         self.feed = feed
         self.room = room
@@ -138,7 +144,7 @@ class Subscriber:
     def close(self) -> None:
         self.closed = True
 
-    async def frames(self, keepalive: float) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncIterator[bytes]:
         """Live frames, skipping any the catch-up already delivered; keep-alives when idle.
 
         Everything appended since the last wake-up goes out as one write.
@@ -146,12 +152,10 @@ class Subscriber:
         feed = self.feed
         while not self.closed:
             if self.cursor == feed.end:
-                try:
-                    # asyncio.timeout, unlike wait_for, adds no task: a woken subscriber
-                    # runs at once, before the hub's next batch.
-                    async with asyncio.timeout(keepalive):
-                        await feed.changed.wait()
-                except TimeoutError:
+                await feed.changed.wait()
+                if self.cursor == feed.end and not self.closed:
+                    # Woken with nothing new: the hub's keep-alive tick. One timer for the
+                    # whole worker instead of one per waiting subscriber.
                     yield KEEPALIVE
                 continue
             if self.cursor < feed.start:  # lapped while it was writing
@@ -263,6 +267,13 @@ class Hub(mode.Service):
             found = chunk + found
             stop, window = start, window * 4
         return found[-limit:], event_id(partition, end - 1)
+
+    @mode.Service.task
+    async def _keepalive(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.settings.keepalive)
+            for feed in list(self.rooms.values()):
+                feed.wake()
 
     # -- the reader -------------------------------------------------------------------
     async def on_stop(self) -> None:
