@@ -79,11 +79,11 @@ class Publisher(mode.Service):
         if self._producer is None:
             raise KafkaUnavailable("not connected to the Kafka brokers yet")
         try:
-            return await asyncio.wait_for(
-                self._producer.send_and_wait(self.settings.topic, value, key=room.encode()),
-                self.settings.publish_timeout,
-            )
-        except asyncio.TimeoutError:
+            # asyncio.timeout, unlike wait_for, wraps nothing in a task of its own: it is on
+            # the path of every publish.
+            async with asyncio.timeout(self.settings.publish_timeout):
+                return await self._producer.send_and_wait(self.settings.topic, value, key=room.encode())
+        except TimeoutError:
             raise KafkaUnavailable(
                 f"the brokers did not acknowledge within {self.settings.publish_timeout:g}s"
             ) from None

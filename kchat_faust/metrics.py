@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector
 PUBLISHED = Counter(
     "kchat_messages_published", "Publish requests by outcome: stored (acknowledged by the brokers), "
     "refused (4xx, nothing published) or failed (503, not confirmed)", ["outcome"])
-for _outcome in ("stored", "refused", "failed"):
-    PUBLISHED.labels(_outcome)
+# Bound once: labels() looks its child up under a lock on every call.
+STORED, REFUSED, FAILED = (PUBLISHED.labels(o) for o in ("stored", "refused", "failed"))
 PUBLISH_LATENCY = Histogram(
     "kchat_publish_latency_seconds", "From the send to the brokers' acknowledgement (acks=all)",
     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))

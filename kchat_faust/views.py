@@ -16,7 +16,7 @@ from .app import app, hub, local_counts, publisher, ready, settings, user_counts
 from .auth import AuthError, check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import RateLimiter
-from .metrics import PUBLISH_LATENCY, PUBLISHED, RESUMES, SUBSCRIPTIONS
+from .metrics import FAILED, PUBLISH_LATENCY, REFUSED, RESUMES, STORED, SUBSCRIPTIONS
 from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
 
 log = logging.getLogger(__name__)
@@ -105,17 +105,17 @@ def counts_publish(handler):
 
     @functools.wraps(handler)
     async def wrapper(self, request, **kwargs):
-        outcome = "refused"
+        outcome = REFUSED
         try:
             response = await handler(self, request, **kwargs)
             if response.status < 400:
-                outcome = "stored"
+                outcome = STORED
             return response
         except KafkaUnavailable:
-            outcome = "failed"
+            outcome = FAILED
             raise
         finally:
-            PUBLISHED.labels(outcome).inc()
+            outcome.inc()
 
     return wrapper
 
