@@ -50,8 +50,14 @@ test: setup
 	@scripts/install-chromium
 	$(PY) -m pytest -ra
 
-bench: setup
-	$(PY) bench/kafka_up.py
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+# Figures, a JSON file and a latency CDF plot under bench/results/ (about 10 minutes);
+# BENCH_ARGS=--quick for a 3-minute smoke. bench/kafka_up.py times the local Kafka's start.
+bench: setup $(VENV)/.bench-installed
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 chaos: setup
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
