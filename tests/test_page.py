@@ -279,3 +279,25 @@ def test_page_headers_csp_and_static_caching(kchat_worker, open_page):
         }""")
     assert ran is False
     assert "script-src" in violation.value.text
+
+
+def test_page_passes_its_token_to_a_worker_with_authentication(open_page, worker_factory):
+    import jwt
+
+    secret = "page-test-secret-of-at-least-32-bytes!"
+    worker = worker_factory(env={"KCHAT_JWT_SECRET": secret})
+    try:
+        room = unique("pageauth")
+        page = open_page(worker.url)
+        page.page.fill("#token", jwt.encode({"sub": "ida"}, secret, algorithm="HS256"))
+        page.join("ida", room)  # history and the event stream need the token: "connected" proves both
+        page.send("signed from the browser")
+        expect(page.texts).to_have_text(["signed from the browser"])
+
+        stranger = open_page(worker.url)
+        stranger.page.fill("#user", "mallory")
+        stranger.page.fill("#room", room)
+        stranger.page.click("#join-button")  # no token: the history is refused and the page says so
+        expect(stranger.page.locator("#error")).to_contain_text("token")
+    finally:
+        worker.stop()
