@@ -12,12 +12,16 @@ import logging
 import faust
 
 from . import metrics
-from .config import Settings
+from .config import ConfigError, Settings
 from .fanout import Hub
 from .kafka_io import LogReader, Publisher
 from .models import decode_record
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:
+    # A setting that cannot work stops the worker with one line, not a traceback.
+    raise SystemExit(f"kchat: {exc}") from None
 log = logging.getLogger("kchat")
 
 app = faust.App(

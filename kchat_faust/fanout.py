@@ -278,6 +278,7 @@ class Hub(mode.Service):
     # -- the reader -------------------------------------------------------------------
     async def on_stop(self) -> None:
         self.close_all()
+        await self.reader.close()  # its pooled consumers
 
     @mode.Service.task
     async def _read_forever(self) -> None:

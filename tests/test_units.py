@@ -147,3 +147,18 @@ def test_rate_limiter_allows_a_burst_then_asks_to_wait():
     now[0] += 0.5  # one token back at 2/s
     assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
     assert RateLimiter(rate=0, burst=1).retry_after("x") == 0  # off
+
+
+def test_a_worker_with_a_bad_setting_stops_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    faust_cli = str(Path(sys.executable).with_name("faust"))
+    done = subprocess.run([faust_cli, "-A", "kchat_faust", "worker"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "KCHAT_REPLICATION_FACTOR": "1", "KCHAT_MIN_INSYNC_REPLICAS": "2"})
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "kchat: KCHAT_MIN_INSYNC_REPLICAS=2 is above KCHAT_REPLICATION_FACTOR=1: every acks=all publish would fail"]
