@@ -38,6 +38,10 @@ app = faust.App(
     web_application_options={"client_max_size": settings.max_body},
     # Counting must see the whole log, also the part written before the first worker ran.
     consumer_auto_offset_reset="earliest",
+    # A topic Faust has just created may be missing from the consumer's first metadata; the
+    # group would then ignore it until the next refresh (5 minutes by default), and nothing
+    # would be counted. Refresh often enough that a new topic joins the assignment at once.
+    consumer_metadata_max_age_ms=5000,
     logging_config=settings.logging_config(),
 )
 
