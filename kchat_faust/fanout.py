@@ -77,19 +77,21 @@ class Frames:
 class RoomFeed:
     """A room's newest frames, kept once and read by all its subscribers from their own cursors.
 
-    The hub appends each record once and wakes the room once per batch; every subscriber then
-    writes everything past its cursor in one go. Per record the cost is one append, not one
-    queue operation per subscriber. A subscriber that falls more than `capacity` frames
-    behind is disconnected (it can resume), so memory stays bounded and nobody waits for it.
+    The hub appends a batch of records, then delivers it: every subscriber that is idle, caught
+    up and whose socket takes data at once gets the batch written straight to its connection,
+    the bytes built once per format for the whole room. Only the others (catching up, or with
+    a backed-up socket) are woken to write from their cursors in their own tasks. A subscriber
+    that falls more than `capacity` frames behind is disconnected (it can resume), so memory
+    stays bounded and nobody waits for it.
     """
 
-    __slots__ = ("frames", "end", "subscribers", "changed")
+    __slots__ = ("frames", "end", "subscribers", "ticks")
 
     def __init__(self, capacity: int) -> None:
         self.frames: deque[tuple[int, Frames]] = deque(maxlen=capacity)
         self.end = 0  # sequence number after the newest frame
         self.subscribers: set[Subscriber] = set()
-        self.changed = asyncio.Event()
+        self.ticks = 0  # keep-alive ticks so far: tells a woken subscriber why it was woken
 
     @property
     def start(self) -> int:
@@ -99,19 +101,45 @@ class RoomFeed:
         self.frames.append((offset, frames))
         self.end += 1
 
-    def wake(self) -> None:
-        """Wake every waiting subscriber; the next ones wait on a fresh event."""
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+    def wake_all(self) -> None:
+        for sub in self.subscribers:
+            sub.wake()
 
-    def settle(self) -> None:
-        """After a batch: disconnect whoever was lapped, forget frames everyone has read."""
-        start, oldest = self.start, self.end
+    def tick(self) -> None:
+        self.ticks += 1
+        self.wake_all()
+
+    def deliver(self, batch_start: int) -> None:
+        """After the hub appended frames batch_start..end: write them to whoever can take them
+        now, wake the rest, disconnect whoever was lapped, forget frames everyone has read."""
+        start, end = self.start, self.end
+        batch = list(islice(self.frames, batch_start - start, None))
+        first_offset, last_offset = batch[0][0], batch[-1][0]
+        wire: dict[tuple[bool, bool], bytes] = {}
+        direct = 0
+        oldest = end
         for sub in list(self.subscribers):
             if sub.cursor < start:
                 sub.drop_slow()
+                continue
+            transport = sub.transport
+            if (sub.parked() and sub.cursor == batch_start and sub.last_offset < first_offset
+                    and transport is not None and not transport.is_closing()
+                    and not transport.get_write_buffer_size()):
+                key = (sub.compat, sub.chunked)
+                data = wire.get(key)
+                if data is None:
+                    payload = b"".join(frames.render(sub.compat) for _, frames in batch)
+                    # The response is already streaming: frame the bytes as aiohttp would.
+                    data = wire[key] = b"%x\r\n%b\r\n" % (len(payload), payload) if sub.chunked else payload
+                transport.write(data)
+                sub.cursor, sub.last_offset = end, last_offset
+                direct += 1
             else:
                 oldest = min(oldest, sub.cursor)
+                sub.wake()
+        if direct:
+            DELIVERED.inc(direct * len(batch))
         for _ in range(oldest - start):
             self.frames.popleft()
 
@@ -119,7 +147,7 @@ class RoomFeed:
 class Subscriber:
     # Thousands of idle subscribers per worker: no per-instance __dict__.
     __slots__ = ("feed", "room", "partition", "compat", "live_from", "cursor", "last_offset",
-                 "closed", "overflowed", "task")
+                 "closed", "overflowed", "task", "transport", "chunked", "waiter")
 
     def __init__(self, feed: RoomFeed, room: str, partition: int, compat: bool, live_from: int) -> None:
         self.feed = feed
@@ -132,6 +160,21 @@ class Subscriber:
         self.closed = False
         self.overflowed = False
         self.task: asyncio.Task | None = asyncio.current_task()
+        # Set by attach() once the response streams, so the hub can write to it directly.
+        self.transport: asyncio.Transport | None = None
+        self.chunked = False
+        self.waiter: asyncio.Future | None = None  # set while it waits in frames() for the feed
+
+    def attach(self, transport: asyncio.Transport | None, chunked: bool) -> None:
+        self.transport, self.chunked = transport, chunked
+
+    def parked(self) -> bool:
+        """Waiting with nothing unsent: its task writes nothing until woken."""
+        return self.waiter is not None and not self.waiter.done()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def drop_slow(self) -> None:
         if self.overflowed:
@@ -145,16 +188,20 @@ class Subscriber:
         self.closed = True
 
     async def frames(self) -> AsyncIterator[bytes]:
-        """Live frames, skipping any the catch-up already delivered; keep-alives when idle.
-
-        Everything appended since the last wake-up goes out as one write.
-        """
+        """Live frames the hub did not write directly, skipping any the catch-up already
+        delivered; keep-alives when idle. Everything appended since the last wake-up goes
+        out as one write."""
         feed = self.feed
         while not self.closed:
             if self.cursor == feed.end:
-                await feed.changed.wait()
-                if self.cursor == feed.end and not self.closed:
-                    # Woken with nothing new: the hub's keep-alive tick. One timer for the
+                ticks = feed.ticks
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
+                if self.cursor == feed.end and feed.ticks != ticks and not self.closed:
+                    # Woken by the hub's keep-alive tick with nothing new: one timer for the
                     # whole worker instead of one per waiting subscriber.
                     yield KEEPALIVE
                 continue
@@ -223,7 +270,7 @@ class Hub(mode.Service):
         for feed in self.rooms.values():
             for sub in feed.subscribers:
                 sub.close()
-            feed.wake()
+            feed.wake_all()
 
     async def catch_up(self, sub: Subscriber, after_offset: int) -> AsyncIterator[bytes]:
         """Frames of sub's room from after_offset+1 up to where its live feed begins."""
@@ -273,7 +320,7 @@ class Hub(mode.Service):
         while not self.should_stop:
             await self.sleep(self.settings.keepalive)
             for feed in list(self.rooms.values()):
-                feed.wake()
+                feed.tick()
 
     # -- the reader -------------------------------------------------------------------
     async def on_stop(self) -> None:
@@ -337,7 +384,7 @@ class Hub(mode.Service):
         # batch: healthy subscribers catch up in between, so only one whose socket is really
         # stuck can be lapped.
         batch_size = min(2000, self.settings.subscriber_buffer)
-        touched: set[RoomFeed] = set()
+        touched: dict[RoomFeed, int] = {}  # feed -> where this batch begins in it
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
             for records in batches.values():
@@ -351,10 +398,9 @@ class Hub(mode.Service):
                     feed = self.rooms.get(msg.room) if msg is not None else None
                     if feed is None:
                         continue
+                    touched.setdefault(feed, feed.end)
                     feed.append(record.offset, Frames(msg, record.partition, record.offset))
-                    touched.add(feed)
-            for feed in touched:
-                feed.settle()
-                feed.wake()
+            for feed, batch_start in touched.items():
+                feed.deliver(batch_start)
             touched.clear()
             await asyncio.sleep(0)

@@ -210,6 +210,8 @@ async def stream_events(request: web.Request, room: str, compat: bool) -> web.St
             if after is not None:
                 async for frame in hub.catch_up(sub, after[1]):
                     await resp.write(frame)
+            # From here on the hub may write live frames to the connection itself.
+            sub.attach(request.transport, resp.headers.get("Transfer-Encoding") == "chunked")
             async for frame in sub.frames():
                 await resp.write(frame)
         return resp
