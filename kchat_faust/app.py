@@ -14,7 +14,7 @@ import faust
 from . import metrics
 from .config import ConfigError, Settings
 from .fanout import Hub
-from .kafka_io import LogReader, Publisher
+from .kafka_io import BatchingTransport, LogReader, Publisher
 from .models import decode_record
 
 try:
@@ -24,7 +24,12 @@ except ConfigError as exc:
     raise SystemExit(f"kchat: {exc}") from None
 log = logging.getLogger("kchat")
 
-app = faust.App(
+class KchatApp(faust.App):
+    def _new_transport(self) -> BatchingTransport:
+        return BatchingTransport(self.conf.broker_consumer, self, loop=self.loop)
+
+
+app = KchatApp(
     "kchat",
     broker=settings.broker,
     broker_credentials=settings.faust_credentials(),

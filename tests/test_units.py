@@ -162,3 +162,20 @@ def test_a_worker_with_a_bad_setting_stops_with_one_line(tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         "kchat: KCHAT_MIN_INSYNC_REPLICAS=2 is above KCHAT_REPLICATION_FACTOR=1: every acks=all publish would fail"]
+
+
+async def test_the_counting_consumer_fetches_in_batches():
+    from kchat_faust.app import app
+    from kchat_faust.kafka_io import COUNTING_FETCH_MAX_WAIT_MS, COUNTING_FETCH_MIN_BYTES
+
+    async def nothing(*args) -> None:
+        return None
+
+    faust_consumer = app.transport.create_consumer(callback=nothing, on_partitions_revoked=nothing,
+                                                   on_partitions_assigned=nothing)
+    thread = faust_consumer._new_consumer_thread()
+    consumer = thread._create_worker_consumer(app.transport)
+    # A consumer that is never started: the values its fetcher would be built with.
+    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (COUNTING_FETCH_MIN_BYTES,
+                                                                        COUNTING_FETCH_MAX_WAIT_MS)
+    assert consumer._group_id == app.conf.id  # still Faust's own group consumer otherwise
