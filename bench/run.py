@@ -140,6 +140,17 @@ def load_cmd(mode: str, cfg: dict) -> list[str]:
     return [PY, str(BENCH / "load.py"), mode, json.dumps(cfg)]
 
 
+def subs_cmd(ctx: Ctx, cfg: dict) -> list[str]:
+    """The subscriber processes: bench/sse_sink (Go, built once per run) or load.py's `subs` mode."""
+    if ctx.args.subscribers == "python":
+        return load_cmd("subs", cfg)
+    sink = ctx.tmp / "sse_sink"
+    if not sink.exists():
+        subprocess.run(["go", "build", "-o", str(sink), "."], cwd=BENCH / "sse_sink", check=True,
+                       capture_output=True, timeout=300)
+    return [str(sink), json.dumps(cfg)]
+
+
 def run_load(ctx: Ctx, mode: str, cfg: dict, timeout: float, on_start=None) -> dict:
     """Run one load process to completion; its result dict, with "lat" (seconds) as a numpy array."""
     name = f"{mode}"
@@ -179,7 +190,7 @@ class Subscribers:
                    "connect_concurrency": connect_concurrency,
                    "out": ctx.path("subs.json"), "lat": ctx.path("subs.lat"), "seq": ctx.path("subs.seq"),
                    "lat_service": ctx.path("subs.lat2")}
-            p = subprocess.Popen(load_cmd("subs", cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            p = subprocess.Popen(subs_cmd(ctx, cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
             ctx.children.append(p)
             self.procs.append((p, cfg))
@@ -237,6 +248,33 @@ class Subscribers:
         agg["seqs"] = np.concatenate(seqs) if seqs else np.empty(0, dtype=np.int64)
         agg["lat_service"] = np.concatenate(lats2) if lats2 else np.empty(0)
         return agg
+
+
+class BareServer:
+    """A baseline server (bench/bare.py or bench/bare_fanout.py) in its own process, for at most
+    max_seconds; has .port and .proc like a Worker, so the same loads run against it."""
+
+    def __init__(self, ctx: Ctx, script: str, max_seconds: float) -> None:
+        self.ctx, self.port = ctx, free_port()
+        self.proc = subprocess.Popen([PY, str(BENCH / script), str(self.port), str(max_seconds)]
+                                     + (["uvloop"] if ctx.args.loop == "uvloop" else []),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ctx.children.append(self.proc)
+
+    def __enter__(self) -> "BareServer":
+        if not self.proc.stdout.readline().startswith("READY"):
+            self.__exit__()
+            raise RuntimeError(f"bare server did not start: {self.proc.stderr.read()[-1000:]}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.ctx.children.remove(self.proc)
 
 
 def snapshot_code(ctx: Ctx) -> dict:
@@ -332,17 +370,10 @@ def section_baselines(ctx: Ctx) -> None:
     a = ctx.args
     out = ctx.results.setdefault("baselines", {})
     # 1. a bare aiohttp handler, same client, same bytes
-    port = free_port()
-    bare = subprocess.Popen([PY, str(BENCH / "bare.py"), str(port), str(len(a.concurrency) * (a.duration + a.warmup + 60) + 60)]
-                            + (["uvloop"] if a.loop == "uvloop" else []),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ctx.children.append(bare)
-    try:
-        if not bare.stdout.readline().startswith("READY"):
-            raise RuntimeError(f"bare aiohttp app did not start: {bare.stderr.read()[-1000:]}")
+    with BareServer(ctx, "bare.py", len(a.concurrency) * (a.duration + a.warmup + 60) + 60) as bare:
         for c in a.concurrency:
             log(f"bare aiohttp c={c} for {a.duration}s")
-            r = closed_loop(ctx, port, "native", c, bare.pid, a.duration, a.warmup)
+            r = closed_loop(ctx, bare.port, "native", c, bare.proc.pid, a.duration, a.warmup)
             p = pcts(r["lat"])
             if c == max(a.concurrency):
                 ctx.cdf["publish"][f"bare aiohttp c={c}"] = r["lat"]
@@ -350,14 +381,6 @@ def section_baselines(ctx: Ctx) -> None:
             ctx.row("baseline", f"bare aiohttp POST -> 200 c={c}",
                     f"{r['throughput']:.0f} req/s, {fmt_lat(p)}, server {us(r['server_cpu_us_per_req'])} us CPU/req, "
                     f"client {100 * r['client_cpu']:.0f}% of a core")
-    finally:
-        bare.send_signal(signal.SIGTERM)
-        try:
-            bare.wait(15)
-        except subprocess.TimeoutExpired:
-            bare.kill()
-            bare.wait()
-        ctx.children.remove(bare)
 
     # 2. aiokafka alone with the Publisher's settings: the ceiling of the service's publish path
     create_topic(ctx.bootstrap, "bench-aiokafka", 12, 1)
@@ -432,7 +455,7 @@ def ratios(ctx: Ctx) -> None:
                 ctx.row("ratio", f"{kind} c={c} / Kafka ProducerPerformance", f"{100 * r['throughput'] / kafka:.2f}%")
 
 
-def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, tag: str = "",
+def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker | BareServer, tag: str = "",
              on_start=None) -> dict:
     room = f"e2e{tag}-{rate}-{nsubs}-{ctx.seq}"
     subs = Subscribers(ctx, worker.port, f"/api/rooms/{room}/events", nsubs, per_proc=250,
@@ -463,6 +486,21 @@ def e2e_cell(ctx: Ctx, rate: int, nsubs: int, duration: float, worker: Worker, t
             "latency": pcts(res["lat"]), "latency_from_sent_at": pcts(res["lat_service"]), "_lat": res["lat"]}
 
 
+def e2e_row(ctx: Ctx, r: dict, label: str, server: str, target: bool) -> None:
+    p, q = r["latency"], r["latency_from_sent_at"]
+    met = None
+    if target:
+        met = bool(p.get("n")) and p["p50_ms"] < 5 and p["p99_ms"] < 25 and r["delivered_fraction"] > 0.999
+    val = ("no events" if not p.get("n") else
+           f"p50 {p['p50_ms']:.1f} / p95 {p['p95_ms']:.1f} / p99 {p['p99_ms']:.1f} ms "
+           f"(from the service's sent_at: p50 {q['p50_ms']:.1f} / p99 {q['p99_ms']:.1f})")
+    val += (f"; {r['published_ok']}/{r['scheduled']} published ({r['achieved_rate']:.0f}/s), "
+            f"{100 * r['delivered_fraction']:.1f}% delivered, "
+            f"{r['disconnects']} dropped, {server} {100 * r['worker_cpu_share']:.0f}% CPU, "
+            f"subscriber clients {100 * r['subscriber_clients_cpu']:.0f}%")
+    ctx.row("e2e", label, val, "p50 < 5 ms, p99 < 25 ms (all delivered)" if target else "", met)
+
+
 def section_e2e(ctx: Ctx) -> None:
     a = ctx.args
     out = ctx.results.setdefault("e2e", {})
@@ -470,24 +508,20 @@ def section_e2e(ctx: Ctx) -> None:
         for nsubs in a.e2e_subs:
             log(f"end to end: {rate} msg/s, {nsubs} subscribers, {a.e2e_duration}s")
             r = e2e_cell(ctx, rate, nsubs, a.e2e_duration, ctx.worker)
-            lat = r.pop("_lat")
-            ctx.cdf["e2e"][f"{rate}/s x {nsubs} subs"] = lat
+            ctx.cdf["e2e"][f"{rate}/s x {nsubs} subs"] = r.pop("_lat")
             out[f"r{rate}_s{nsubs}"] = r
-            p = r["latency"]
-            target = rate == 1000 and nsubs == 1000
-            met = None
-            if target:
-                met = bool(p.get("n")) and p["p50_ms"] < 5 and p["p99_ms"] < 25 and r["delivered_fraction"] > 0.999
-            q = r["latency_from_sent_at"]
-            val = ("no events" if not p.get("n") else
-                   f"p50 {p['p50_ms']:.1f} / p95 {p['p95_ms']:.1f} / p99 {p['p99_ms']:.1f} ms "
-                   f"(from the service's sent_at: p50 {q['p50_ms']:.1f} / p99 {q['p99_ms']:.1f})")
-            val += (f"; {r['published_ok']}/{r['scheduled']} published ({r['achieved_rate']:.0f}/s), "
-                    f"{100 * r['delivered_fraction']:.1f}% delivered, "
-                    f"{r['disconnects']} dropped, worker {100 * r['worker_cpu_share']:.0f}% CPU, "
-                    f"subscriber clients {100 * r['subscriber_clients_cpu']:.0f}%")
-            ctx.row("e2e", f"POST sent -> SSE event, {rate} msg/s x {nsubs} subs", val,
-                    "p50 < 5 ms, p99 < 25 ms (all delivered)" if target else "", met)
+            e2e_row(ctx, r, f"POST sent -> SSE event, {rate} msg/s x {nsubs} subs", "worker",
+                    target=rate == 1000 and nsubs == 1000)
+    # The same cells against bench/bare_fanout.py: the floor of this machine and load, no Kafka.
+    for rate in a.e2e_floor_rates:
+        for nsubs in a.e2e_subs:
+            log(f"end to end, bare fan-out floor: {rate} msg/s, {nsubs} subscribers, {a.e2e_duration}s")
+            with BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600) as bare:
+                r = e2e_cell(ctx, rate, nsubs, a.e2e_duration, bare)
+            ctx.cdf["e2e"][f"floor {rate}/s x {nsubs} subs"] = r.pop("_lat")
+            out[f"floor_r{rate}_s{nsubs}"] = r
+            e2e_row(ctx, r, f"floor (bare aiohttp fan-out, no Kafka), {rate} msg/s x {nsubs} subs", "server",
+                    target=False)
 
 
 def second_worker(ctx: Ctx) -> Worker:
@@ -815,6 +849,8 @@ def parse_args(argv=None):
     ap.add_argument("--e2e-duration", type=float, help="seconds of load per end-to-end cell (15; quick 3)")
     ap.add_argument("--e2e-rates", default="100,1000", help="messages per second (100,1000)")
     ap.add_argument("--e2e-subs", default="1,100,1000", help="subscriber counts (1,100,1000)")
+    ap.add_argument("--e2e-floor-rates", default="1000",
+                    help="rates whose cells also run against bench/bare_fanout.py, the floor ('': none)")
     ap.add_argument("--fanout-subs", type=int, help="idle subscribers on one worker (10,000; quick 2,000)")
     ap.add_argument("--fanout-probes", type=int, help="messages sent to all of them (5; quick 3)")
     ap.add_argument("--fanout-wait", type=float, default=2.0, help="seconds between probe messages (2)")
@@ -834,6 +870,9 @@ def parse_args(argv=None):
     ap.add_argument("--live-code", action="store_true",
                     help="run the tree's kchat_faust/ itself, not a copy (edits during the run then apply to "
                          "workers started later)")
+    ap.add_argument("--subscribers", choices=("go", "python"), default="go" if shutil.which("go") else "python",
+                    help="SSE subscriber processes: bench/sse_sink in Go (default where go is installed; it reads "
+                         "1,000 busy streams on a fraction of a core) or load.py's asyncio client")
     ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
     a = ap.parse_args(argv)
@@ -851,6 +890,7 @@ def parse_args(argv=None):
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
     a.e2e_rates = [int(x) for x in a.e2e_rates.split(",")]
     a.e2e_subs = [int(x) for x in a.e2e_subs.split(",")]
+    a.e2e_floor_rates = [int(x) for x in a.e2e_floor_rates.split(",") if x]
     a.profile_fanout = [int(x) for x in a.profile_fanout.split(",")]
     a.profile_publish = [int(x) for x in a.profile_publish.split(",") if x]
     return a
@@ -863,6 +903,7 @@ def main(argv=None) -> int:
     began = time.monotonic()
     nofile = raise_nofile()  # workers inherit it: 10,000 subscribers need 10,000+ descriptors
     meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "loop": a.loop,
+            "subscribers": a.subscribers,
             "loadavg_start": os.getloadavg(), "python": platform.python_version(), "nofile": nofile,
             "options": {k: v for k, v in vars(a).items()},
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,

@@ -1,0 +1,3 @@
+module kchat/bench/sse_sink
+
+go 1.21
