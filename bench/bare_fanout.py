@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """The end-to-end floor: the chat API with nothing behind it, served the way bare.py serves its baseline.
 
-    python bench/bare_fanout.py PORT MAX_SECONDS [uvloop]
+    python bench/bare_fanout.py PORT MAX_SECONDS WINDOW_MS [uvloop]
 
 POST /api/rooms/{room}/messages takes the same JSON body as a worker and answers 201 with the same
 message JSON; GET /api/rooms/{room}/events streams the room as Server-Sent Events in the worker's
 frame format. In between there is no Kafka, no validation beyond JSON and no Faust: each POST is
-rendered once, and what a room got in one turn of the event loop is written to each of its streams
-as one write, as the worker's hub writes each batch it fetched.
+rendered once, and what a room got within WINDOW_MS (0: one turn of the event loop) is written to
+each of its streams as one write, as the worker's hub writes each batch it fetched.
 What one Python process on this machine does here bounds what any worker could do with the same
 load and subscriber processes. Stops by itself after MAX_SECONDS (or on SIGTERM/SIGINT).
 """
@@ -26,6 +26,7 @@ rooms: dict[str, set[asyncio.Transport]] = {}
 offsets: dict[str, int] = {}
 chunked: dict[asyncio.Transport, bool] = {}
 pending: dict[str, list[bytes]] = {}  # room -> frames not yet written
+WINDOW = 0.0  # seconds a room's first unwritten frame waits for others to join it
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -38,7 +39,7 @@ async def publish(request: web.Request) -> web.Response:
     data = json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
     frames = pending.setdefault(room, [])
     if not frames:
-        asyncio.get_running_loop().call_soon(flush, room)
+        asyncio.get_running_loop().call_later(WINDOW, flush, room)
     frames.append(f"id: 0:{offset}\nevent: message\ndata: {data}\n\n".encode())
     return web.Response(body=data.encode(), status=201, content_type="application/json")
 
@@ -90,7 +91,8 @@ async def main(port: int, max_seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[3:] == ["uvloop"]:
+    WINDOW = float(sys.argv[3]) / 1000
+    if sys.argv[4:] == ["uvloop"]:
         import uvloop
         uvloop.install()
     asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))

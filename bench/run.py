@@ -254,9 +254,9 @@ class BareServer:
     """A baseline server (bench/bare.py or bench/bare_fanout.py) in its own process, for at most
     max_seconds; has .port and .proc like a Worker, so the same loads run against it."""
 
-    def __init__(self, ctx: Ctx, script: str, max_seconds: float) -> None:
+    def __init__(self, ctx: Ctx, script: str, max_seconds: float, *args: str) -> None:
         self.ctx, self.port = ctx, free_port()
-        self.proc = subprocess.Popen([PY, str(BENCH / script), str(self.port), str(max_seconds)]
+        self.proc = subprocess.Popen([PY, str(BENCH / script), str(self.port), str(max_seconds), *args]
                                      + (["uvloop"] if ctx.args.loop == "uvloop" else []),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ctx.children.append(self.proc)
@@ -515,13 +515,15 @@ def section_e2e(ctx: Ctx) -> None:
     # The same cells against bench/bare_fanout.py: the floor of this machine and load, no Kafka.
     for rate in a.e2e_floor_rates:
         for nsubs in a.e2e_subs:
-            log(f"end to end, bare fan-out floor: {rate} msg/s, {nsubs} subscribers, {a.e2e_duration}s")
-            with BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600) as bare:
-                r = e2e_cell(ctx, rate, nsubs, a.e2e_duration, bare)
-            ctx.cdf["e2e"][f"floor {rate}/s x {nsubs} subs"] = r.pop("_lat")
-            out[f"floor_r{rate}_s{nsubs}"] = r
-            e2e_row(ctx, r, f"floor (bare aiohttp fan-out, no Kafka), {rate} msg/s x {nsubs} subs", "server",
-                    target=False)
+            for window in a.e2e_floor_windows:
+                log(f"end to end, bare fan-out floor ({window:g} ms window): {rate} msg/s, {nsubs} subscribers, "
+                    f"{a.e2e_duration}s")
+                with BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600, f"{window:g}") as bare:
+                    r = e2e_cell(ctx, rate, nsubs, a.e2e_duration, bare)
+                ctx.cdf["e2e"][f"floor {window:g} ms, {rate}/s x {nsubs} subs"] = r.pop("_lat")
+                out[f"floor_w{window:g}_r{rate}_s{nsubs}"] = r
+                e2e_row(ctx, r, f"floor (no Kafka, {window:g} ms batches), {rate} msg/s x {nsubs} subs", "server",
+                        target=False)
 
 
 def second_worker(ctx: Ctx) -> Worker:
@@ -851,6 +853,8 @@ def parse_args(argv=None):
     ap.add_argument("--e2e-subs", default="1,100,1000", help="subscriber counts (1,100,1000)")
     ap.add_argument("--e2e-floor-rates", default="1000",
                     help="rates whose cells also run against bench/bare_fanout.py, the floor ('': none)")
+    ap.add_argument("--e2e-floor-windows", default="0,5",
+                    help="batch windows of the floor in ms, one run each (0: one loop turn; 0,5)")
     ap.add_argument("--fanout-subs", type=int, help="idle subscribers on one worker (10,000; quick 2,000)")
     ap.add_argument("--fanout-probes", type=int, help="messages sent to all of them (5; quick 3)")
     ap.add_argument("--fanout-wait", type=float, default=2.0, help="seconds between probe messages (2)")
@@ -888,9 +892,10 @@ def parse_args(argv=None):
     if bad:
         ap.error(f"unknown section(s): {', '.join(sorted(bad))}")
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
-    a.e2e_rates = [int(x) for x in a.e2e_rates.split(",")]
+    a.e2e_rates = [int(x) for x in a.e2e_rates.split(",") if x]
     a.e2e_subs = [int(x) for x in a.e2e_subs.split(",")]
     a.e2e_floor_rates = [int(x) for x in a.e2e_floor_rates.split(",") if x]
+    a.e2e_floor_windows = [float(x) for x in a.e2e_floor_windows.split(",") if x]
     a.profile_fanout = [int(x) for x in a.profile_fanout.split(",")]
     a.profile_publish = [int(x) for x in a.profile_publish.split(",") if x]
     return a
