@@ -14,7 +14,7 @@ import faust
 from . import metrics
 from .config import ConfigError, Settings
 from .fanout import Hub
-from .kafka_io import BatchingTransport, LogReader, Publisher
+from .kafka_io import KchatTransport, LogReader, Publisher
 from .models import decode_record
 
 try:
@@ -25,8 +25,13 @@ except ConfigError as exc:
 log = logging.getLogger("kchat")
 
 class KchatApp(faust.App):
-    def _new_transport(self) -> BatchingTransport:
-        return BatchingTransport(self.conf.broker_consumer, self, loop=self.loop)
+    """faust.App on KchatTransport: Faust's Kafka clients with two fixes (see kafka_io)."""
+
+    def _new_transport(self) -> KchatTransport:
+        return KchatTransport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self) -> KchatTransport:
+        return KchatTransport(self.conf.broker_producer, self)
 
 
 app = KchatApp(

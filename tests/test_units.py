@@ -7,7 +7,7 @@ import pytest
 
 from kchat_faust.config import ConfigError, Settings, kafka_servers
 from kchat_faust.fanout import sse_frame
-from kchat_faust.kafka_io import partition_for
+from kchat_faust.kafka_io import KchatTransport, partition_for
 from kchat_faust.models import (ValidationError, decode_record, new_message, parse_compat_body,
                                 parse_event_id)
 
@@ -179,3 +179,27 @@ async def test_the_counting_consumer_fetches_in_batches():
     assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (COUNTING_FETCH_MIN_BYTES,
                                                                         COUNTING_FETCH_MAX_WAIT_MS)
     assert consumer._group_id == app.conf.id  # still Faust's own group consumer otherwise
+
+
+async def test_the_producer_flushes_every_queued_changelog_write_before_a_commit():
+    from kchat_faust.app import app
+
+    producer = app.producer
+    assert isinstance(producer, KchatTransport.Producer)
+    rounds = []
+
+    class SlowBuffer:
+        """Faust's buffer gives up a flush after 0.1 s without progress, still holding messages."""
+
+        size = 3
+
+        async def flush(self) -> None:
+            rounds.append(self.size)
+            self.size -= 1
+
+    producer.buffer, real = SlowBuffer(), producer.buffer
+    try:
+        await producer.flush()
+    finally:
+        producer.buffer = real
+    assert rounds == [3, 2, 1, 0]  # until the buffer is empty, then Faust's own call
