@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The baseline: a bare aiohttp app that reads a POST body and answers 200, served the way Faust serves
-its own web app (AppRunner with access_log=None, TCPSite on 127.0.0.1), on the default asyncio loop.
+"""The baseline: a bare aiohttp app that reads a POST body and answers 200, served the way the worker serves
+its own web app (AppRunner with access_log=None and handler cancellation, TCPSite on 127.0.0.1), on the
+default asyncio loop.
 
     python bench/bare.py PORT MAX_SECONDS [uvloop]
 
@@ -20,13 +21,12 @@ async def handle(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def main(port: int, max_seconds: float) -> None:
-    app = web.Application(client_max_size=65536)
-    app.router.add_route("POST", "/{tail:.*}", handle)
-    app.router.add_route("GET", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
+async def serve(app: web.Application, port: int, max_seconds: float, on_stop=None) -> None:
+    """Serve app on 127.0.0.1:port as the worker serves its own (handler cancellation on), print
+    READY, and stop after max_seconds or on SIGTERM/SIGINT, calling on_stop() first if given."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
     print("READY", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,7 +36,16 @@ async def main(port: int, max_seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), max_seconds)
     except asyncio.TimeoutError:
         pass
+    if on_stop is not None:
+        on_stop()
     await runner.cleanup()
+
+
+async def main(port: int, max_seconds: float) -> None:
+    app = web.Application(client_max_size=65536)
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    await serve(app, port, max_seconds)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import uuid
 from datetime import datetime, timezone
 
 from aiohttp import web
+
+from bare import serve  # bench/ is on sys.path: this runs as a script beside bare.py
 
 rooms: dict[str, set[asyncio.Transport]] = {}
 offsets: dict[str, int] = {}
@@ -68,26 +69,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def close_streams() -> None:
+    for subs in rooms.values():
+        for transport in subs:
+            transport.close()
+
+
 async def main(port: int, max_seconds: float) -> None:
     app = web.Application(client_max_size=65536)
     app.router.add_post("/api/rooms/{room}/messages", publish)
     app.router.add_get("/api/rooms/{room}/events", events)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    print("READY", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await asyncio.wait_for(stop.wait(), max_seconds)
-    except asyncio.TimeoutError:
-        pass
-    for subs in rooms.values():
-        for transport in subs:
-            transport.close()
-    await runner.cleanup()
+    await serve(app, port, max_seconds, on_stop=close_streams)
 
 
 if __name__ == "__main__":
