@@ -24,6 +24,7 @@ except ConfigError as exc:
     raise SystemExit(f"kchat: {exc}") from None
 log = logging.getLogger("kchat")
 
+
 class KchatApp(faust.App):
     """faust.App on KchatTransport: Faust's Kafka clients with two fixes (see kafka_io)."""
 

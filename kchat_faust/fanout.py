@@ -173,7 +173,7 @@ class Subscriber:
         return self.waiter is not None and not self.waiter.done()
 
     def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
+        if self.parked():
             self.waiter.set_result(None)
 
     def drop_slow(self) -> None:

@@ -55,9 +55,9 @@ class _FlushingProducer(faust_kafka.Producer):
     async def flush(self) -> None:
         # Faust flushes the producer before it commits offsets, but its buffer of table
         # changelog writes stops flushing after 0.1 s without progress, busy or not. A commit
-        # could then cover a count whose changelog write was still queued: a worker killed at
-        # that moment lost the count for whoever restored the table from the changelog (seen
-        # in test_worker_crash). Drain the buffer completely first.
+        # could then cover a count whose changelog write was still queued, and a worker killed
+        # at that moment lost the count for whoever restored the table from the changelog (the
+        # likely cause of one count lost in a run of test_worker_crash). Drain it completely.
         while self.buffer.size:
             await self.buffer.flush()
         await super().flush()
