@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from .config import Settings
-from .kafka_io import LogReader, partition_for
+from .kafka_io import LogReader
 from .metrics import DELIVERED, SLOW_DISCONNECTS
-from .models import ChatMessage, decode_record, event_id, message_json
+from .models import ChatMessage, decode_record, event_id, message_json, partition_for
 
 log = logging.getLogger(__name__)
 MAX_HISTORY_SCAN = 200_000

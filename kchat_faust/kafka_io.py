@@ -17,16 +17,12 @@ from typing import AsyncIterator
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from faust.transport.drivers import aiokafka as faust_kafka
 
 from .config import Settings
 
 log = logging.getLogger(__name__)
-
-_partitioner = DefaultPartitioner()
-
 
 # Faust's consumer feeds only the counting agents (the fan-out reads with its own consumer), so a
 # count may trail by a fetch wait. With Faust's settings a fetch returns as soon as one record is
@@ -66,12 +62,6 @@ class _FlushingProducer(faust_kafka.Producer):
 class KchatTransport(faust_kafka.Transport):
     Consumer = _BatchingConsumer
     Producer = _FlushingProducer
-
-
-def partition_for(room: str, partitions: int) -> int:
-    """The partition the producer's default partitioner picks for a room key."""
-    all_partitions = list(range(partitions))
-    return _partitioner(room.encode(), all_partitions, all_partitions)
 
 
 class KafkaUnavailable(Exception):

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime, timezone
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 
 ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_USER = 64
@@ -118,6 +119,15 @@ def parse_event_id(token: str) -> tuple[int, int]:
     if partition < 0 or offset < -1:  # -1: before the partition's first record
         raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
     return partition, offset
+
+
+_partitioner = DefaultPartitioner()
+
+
+def partition_for(room: str, partitions: int) -> int:
+    """The partition of a room: where the producer's default partitioner puts its key."""
+    all_partitions = list(range(partitions))
+    return _partitioner(room.encode(), all_partitions, all_partitions)
 
 
 def message_json(msg: ChatMessage, partition: int, offset: int) -> dict:

@@ -7,9 +7,9 @@ import pytest
 
 from kchat_faust.config import ConfigError, Settings, kafka_servers
 from kchat_faust.fanout import sse_frame
-from kchat_faust.kafka_io import KchatTransport, partition_for
+from kchat_faust.kafka_io import KchatTransport
 from kchat_faust.models import (ValidationError, decode_record, new_message, parse_compat_body,
-                                parse_event_id)
+                                parse_event_id, partition_for)
 
 
 def test_settings_defaults_follow_the_card():
