@@ -12,7 +12,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.support.chat import Listener, post, unique
+from kchat_testkit.chat import post, unique
+from kchat_testkit.sse import Subscriber
 
 pytestmark = pytest.mark.kafka
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
@@ -55,8 +56,8 @@ async def test_body_size_limit_is_configurable(limited_worker):
 
 async def test_event_streams_are_capped_per_worker(limited_worker):
     room = unique("cap")
-    first = await Listener(limited_worker.url, room).start()
-    second = await Listener(limited_worker.url, room).start()
+    first = await Subscriber(limited_worker.url, room).start()
+    second = await Subscriber(limited_worker.url, room).start()
     async with httpx.AsyncClient(timeout=20) as client:
         r = await client.get(f"{limited_worker.url}/api/rooms/{room}/events")
         assert r.status_code == 503 and r.headers["Retry-After"] and "maximum of 2" in r.json()["error"]
@@ -64,7 +65,7 @@ async def test_event_streams_are_capped_per_worker(limited_worker):
         third = None
         for _ in range(50):  # the slot frees as soon as the server sees the disconnect
             try:
-                third = await Listener(limited_worker.url, room).start()
+                third = await Subscriber(limited_worker.url, room).start()
                 break
             except AssertionError:
                 await asyncio.sleep(0.1)

@@ -1,4 +1,4 @@
-"""A short chaos run (bench/chaos.py, which `make chaos` runs in full) and the run's own checks.
+"""A short chaos run (kchat_testkit/chaos.py, which `make chaos` runs in full) and the run's own checks.
 
 The short run: its own 3 controllers + 4 brokers, `chatroom` 12 partitions / RF 4 / min ISR 2, two workers,
 a native and a seed-compatible subscriber on each, 600 posts through the seed's endpoint while a random broker
@@ -7,30 +7,16 @@ dead broker causes end in 503s, so the "503 = not confirmed" accounting is exerc
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_chaos():
-    name = "kchat_bench_chaos"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "chaos.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from kchat_testkit import chaos
+from kchat_testkit.sse import Event, Subscriber
 
 
 @pytest.mark.kafka
 @pytest.mark.cluster4
 @pytest.mark.timeout(300)
 async def test_short_chaos_run_loses_nothing_and_counts_exactly(tmp_path):
-    chaos = load_chaos()
     cfg = chaos.Config(posts=600, interval=6, down_for=3, rate=40, publish_timeout=4, duration_limit=90,
                        deliver_timeout=60, counts_timeout=60, state_dir=tmp_path / "chaos", progress=False)
     report = await chaos.run(cfg)
@@ -42,7 +28,7 @@ async def test_short_chaos_run_loses_nothing_and_counts_exactly(tmp_path):
 
 
 # -- the checks themselves, on made-up runs (no Kafka) ---------------------------------------------------------
-def made_up_run(chaos, statuses: list[int | None]):
+def made_up_run(statuses: list[int | None]):
     """A run whose posts got these statuses and whose two subscribers saw exactly the 200'd ones."""
     rep = chaos.Report(config=chaos.Config(posts=len(statuses)))
     rep.kills_while_posting, rep.brokers_alive_at_end = 1, True
@@ -58,22 +44,20 @@ def made_up_run(chaos, statuses: list[int | None]):
             p.error = "ServerDisconnectedError"
         rep.posts.append(p)
     for name in ("a", "b"):
-        s = chaos.Subscriber(name, "http://x", False, None)
-        s.received = [chaos.Received(p.t_done, p.event_id, 6, p.offset, p.user, p.text)
-                      for p in rep.posts if p.status == 200]
+        s = Subscriber("http://x", chaos.ROOM, name=name)
+        s.events = [Event(p.t_done, p.event_id, 6, p.offset, p.user, p.text) for p in rep.posts if p.status == 200]
         rep.subscribers.append(s)
     rep.counts = {"http://w0": dict(rep.expected_counts()), "http://w1": dict(rep.expected_counts())}
     return rep
 
 
 def test_checks_pass_a_clean_run_and_accept_a_stored_503():
-    chaos = load_chaos()
-    rep = made_up_run(chaos, [200, 200, 503, 200, 503, 200])
+    rep = made_up_run([200, 200, 503, 200, 503, 200])
     assert rep.check() == []
     # the first 503'd post was stored after all: every subscriber has it, and the counts include it
     late = rep.posts[2]
     for s in rep.subscribers:
-        s.received.append(chaos.Received(9.0, "6:104", 6, 104, late.user, late.text))
+        s.events.append(Event(9.0, "6:104", 6, 104, late.user, late.text))
     assert rep.check() != []  # counts still without it
     rep.counts = {url: dict(rep.expected_counts()) for url in rep.counts}
     assert rep.check() == []
@@ -93,21 +77,20 @@ def test_checks_pass_a_clean_run_and_accept_a_stored_503():
     ("no_kill", "no broker was killed"),
 ])
 def test_checks_catch_each_kind_of_damage(damage, words):
-    chaos = load_chaos()
-    rep = made_up_run(chaos, [200] * 6 + [503])
+    rep = made_up_run([200] * 6 + [503])
     a = rep.subscribers[0]
     if damage == "duplicate":
-        a.received.append(a.received[-1])
+        a.events.append(a.events[-1])
     elif damage == "missing":
-        del a.received[2]
+        del a.events[2]
     elif damage == "unposted":
         for s in rep.subscribers:
-            s.received.append(chaos.Received(9.0, "6:200", 6, 200, "u0", "never sent"))
+            s.events.append(Event(9.0, "6:200", 6, 200, "u0", "never sent"))
     elif damage == "disorder":
-        a.received[1], a.received[2] = a.received[2], a.received[1]
+        a.events[1], a.events[2] = a.events[2], a.events[1]
     elif damage == "one_sided":
         p = rep.posts[-1]
-        a.received.append(chaos.Received(9.0, "6:106", 6, 106, p.user, p.text))
+        a.events.append(Event(9.0, "6:106", 6, 106, p.user, p.text))
         rep.counts = {url: dict(rep.expected_counts()) for url in rep.counts}
     elif damage == "inverted":  # post 1 was sent after post 0's 200, yet its 200 names an earlier offset
         p0, p1 = rep.posts[0], rep.posts[1]

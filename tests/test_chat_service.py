@@ -7,7 +7,8 @@ import json
 import httpx
 import pytest
 
-from tests.support.chat import Listener, post, unique, wait_counts
+from kchat_testkit.chat import post, unique, wait_counts
+from kchat_testkit.sse import Subscriber
 
 pytestmark = pytest.mark.kafka
 
@@ -20,7 +21,7 @@ async def client():
 
 async def test_post_then_event_round_trip(kchat_worker, client):
     room = unique("round")
-    listener = await Listener(kchat_worker.url, room).start()
+    listener = await Subscriber(kchat_worker.url, room).start()
     stored = await post(client, kchat_worker.url, room, "alice", "hello kafka")
     [got] = await listener.wait_for(1)
     await listener.stop()
@@ -33,7 +34,7 @@ async def test_post_then_event_round_trip(kchat_worker, client):
 async def test_text_that_looks_like_sse_fields_arrives_as_one_event(kchat_worker, client):
     room = unique("inject")
     text = "line one\ndata: x\nid: 9\n\nevent: evil\r\nlast\u2028sep\u0085end"
-    listener = await Listener(kchat_worker.url, room).start()
+    listener = await Subscriber(kchat_worker.url, room).start()
     await post(client, kchat_worker.url, room, "mallory", text)
     await post(client, kchat_worker.url, room, "mallory", "after")
     got = await listener.wait_for(2)
@@ -54,7 +55,7 @@ async def test_history_returns_last_messages_oldest_first(kchat_worker, client):
 async def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(kchat_worker, client):
     room = unique("resume")
     total = 120
-    listener = await Listener(kchat_worker.url, room).start()
+    listener = await Subscriber(kchat_worker.url, room).start()
 
     async def publish():
         for i in range(total):
@@ -196,7 +197,7 @@ async def test_two_workers_every_subscriber_gets_its_room_once_in_order(kchat_wo
         # wait until both workers are ready after the rebalance the second one caused
         for w in workers:
             w.wait_ready()
-        listeners = {(w.url, room): await Listener(w.url, room).start() for w in workers for room in rooms}
+        listeners = {(w.url, room): await Subscriber(w.url, room).start() for w in workers for room in rooms}
         sent: dict[str, list[str]] = {room: [] for room in rooms}
 
         async def publish_room(room: str, k: int) -> None:
@@ -241,7 +242,7 @@ async def test_history_gives_a_resume_point_with_no_gap_even_for_an_empty_room(k
     resume_from = r.json()["last_event_id"]
     # posted after the history was read and before the stream opens: must not be lost
     missed = await post(client, kchat_worker.url, room, "early", "between history and stream")
-    listener = Listener(kchat_worker.url, room)
+    listener = Subscriber(kchat_worker.url, room)
     listener.last_id = resume_from
     await listener.start()
     later = await post(client, kchat_worker.url, room, "late", "after")

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from kchat_cli.main import cli
-from tests.support.chat import unique
-from tests.support.worker import free_port
+from kchat_testkit.chat import unique
+from kchat_testkit.procs import free_port
 
 _SCRIPT = Path(sys.executable).with_name("kchat-cli")
 KCHAT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kchat_cli"]

@@ -10,8 +10,9 @@ from aiokafka import AIOKafkaProducer
 
 from kchat_faust.models import new_message
 
-from tests.support.chat import Listener, post, unique
-from tests.support.worker import Worker
+from kchat_testkit.chat import post, unique
+from kchat_testkit.sse import Subscriber
+from kchat_testkit.worker import Worker
 
 pytestmark = pytest.mark.kafka
 
@@ -56,13 +57,13 @@ async def test_publish_answers_503_while_brokers_are_down_and_recovers(own_kafka
 
 async def test_worker_stop_closes_open_streams_promptly(kchat_worker):
     room = unique("shutdown")
-    listener = await Listener(kchat_worker.url, room).start()
+    listener = await Subscriber(kchat_worker.url, room).start()
     try:
         took = kchat_worker.stop()
         # aiohttp alone would wait 60 s for the open stream before it stops the producer
         assert took < 20, f"worker took {took:.1f}s to stop with an open stream"
         await asyncio.sleep(0.5)
-        assert listener._task.done()  # the server ended the stream
+        assert listener.ended  # the server ended the stream
     finally:
         await listener.stop()
         kchat_worker.start()
@@ -99,7 +100,7 @@ async def test_a_slow_subscriber_is_disconnected_without_slowing_the_others(tune
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(f"GET /api/rooms/{room}/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
-    fast = await Listener(worker.url, room).start()
+    fast = await Subscriber(worker.url, room).start()
     text = "x" * 3900
     # About 6 MB, more than loopback socket buffers hold (up to 4 MB autotuned); produced
     # straight into Kafka, because this is about the fan-out, not the publish path.

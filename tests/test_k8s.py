@@ -20,7 +20,8 @@ import pytest
 from kubernetes_validate.utils import latest_version
 
 from tests.support import k8s as s
-from tests.support.kafka import jvms_naming, parse_describe
+from kchat_testkit.kafka import parse_describe
+from kchat_testkit.procs import jvms_naming
 
 NAMESPACE = "kafka"
 CLUSTER_DOMAIN = "cluster.local"

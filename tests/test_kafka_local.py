@@ -11,8 +11,8 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.support.kafka import (KafkaCluster, create_topic, describe_topic, free_port_base, jvms_naming,
-                                 parse_describe, pid_alive, run_kafka_local)
+from kchat_testkit.kafka import PORT_SPAN, KafkaCluster, create_topic, describe_topic, parse_describe, run_kafka_local
+from kchat_testkit.procs import free_port_base, jvms_naming, pid_alive
 
 pytestmark = pytest.mark.kafka
 
@@ -148,7 +148,7 @@ def test_status_lists_the_single_node_with_a_live_pid(kafka_cluster):
 
 @pytest.mark.parametrize("which", ["broker", "controller"])
 def test_up_refuses_a_taken_port_before_starting_anything(tmp_path, which):
-    base = free_port_base()
+    base = free_port_base(PORT_SPAN)
     taken = base if which == "broker" else base + 1
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", taken))
@@ -219,7 +219,7 @@ def test_up_down_up_cycle_leaves_no_jvm(tmp_path):
 
 def test_up_timeout_names_the_node_and_its_log_and_stops_it(tmp_path):
     state = tmp_path / "slow"
-    cp = run_kafka_local("up", "--port-base", str(free_port_base()), "--timeout", "0.5", state_dir=state,
+    cp = run_kafka_local("up", "--port-base", str(free_port_base(PORT_SPAN)), "--timeout", "0.5", state_dir=state,
                          check=False)
     assert cp.returncode == 1
     last = cp.stderr.strip().splitlines()[-1]

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.chat import Listener, post, unique
+from kchat_testkit.chat import post, unique
+from kchat_testkit.sse import Subscriber
 
 pytestmark = pytest.mark.kafka
 DASHBOARD = Path(__file__).resolve().parents[1] / "k8s" / "base" / "monitoring" / "kchat-dashboard.json"
@@ -33,7 +34,7 @@ async def test_metrics_count_known_traffic(fresh_worker):
     n_posts, n_subs = 7, 3
     room = unique("metrics")
     async with httpx.AsyncClient(timeout=20) as client:
-        listeners = [await Listener(fresh_worker.url, room).start() for _ in range(n_subs)]
+        listeners = [await Subscriber(fresh_worker.url, room).start() for _ in range(n_subs)]
         for i in range(n_posts):
             await post(client, fresh_worker.url, room, "metric-user", f"m{i}")
         refused = await client.post(f"{fresh_worker.url}/api/rooms/{room}/messages",

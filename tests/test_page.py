@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.chat import unique
+from kchat_testkit.chat import unique
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect

@@ -11,17 +11,16 @@ so sharing the session cluster would rebalance other tests' workers.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from httpx_sse import aconnect_sse
 
-from tests.support.chat import unique
-from tests.support.worker import Worker
+from kchat_testkit.chat import read_counts, unique
+from kchat_testkit.sse import Subscriber
+from kchat_testkit.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -37,75 +36,8 @@ RATE = 40  # posts per second, all workers together
 BEFORE, AFTER = 150, 150  # posts before the kill and after the restart; more go to the survivor in between
 
 
-class ResumingSubscriber:
-    """A native SSE subscriber that, whenever its stream drops, reconnects with Last-Event-ID to `resume_url`."""
-
-    def __init__(self, name: str, url: str, resume_url: str, room: str) -> None:
-        self.name, self.url, self.resume_url, self.room = name, url, resume_url, room
-        self.messages: list[dict] = []
-        self.last_id: str | None = None
-        self.connections: list[tuple[str, str | None]] = []  # (worker url, Last-Event-ID sent)
-        self.drops: list[str] = []
-        self.errors: list[str] = []
-        self.connected = asyncio.Event()
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> "ResumingSubscriber":
-        self.task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client:
-            while True:
-                url = self.url if not self.connections else self.resume_url
-                headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
-                try:
-                    async with aconnect_sse(client, "GET", f"{url}/api/rooms/{self.room}/events",
-                                            headers=headers) as source:
-                        if source.response.status_code != 200:  # 503 while the restarted worker catches up
-                            self.drops.append(f"HTTP {source.response.status_code}")
-                        else:
-                            self.connections.append((url, self.last_id))
-                            self.connected.set()
-                            async for sse in source.aiter_sse():
-                                self._take(sse)
-                            self.drops.append("stream ended")
-                except httpx.HTTPError as exc:
-                    self.drops.append(exc.__class__.__name__)
-                await asyncio.sleep(0.3)
-
-    def _take(self, sse) -> None:
-        try:
-            msg = json.loads(sse.data)
-            assert sse.event == "message" and sse.id == msg["event_id"], (sse.event, sse.id, msg)
-        except (ValueError, KeyError, AssertionError) as exc:
-            self.errors.append(f"bad event {sse.event!r} id {sse.id!r}: {exc!r} {sse.data[:200]!r}")
-            return
-        self.messages.append(msg)
-        self.last_id = sse.id
-
-
 async def start_all(*workers: Worker) -> None:
     await asyncio.gather(*(asyncio.to_thread(w.start, 120.0) for w in workers))
-
-
-async def read_counts(client: httpx.AsyncClient, worker: Worker, users: list[str]) -> dict[str, int] | None:
-    try:
-        r = await client.get(f"{worker.url}/stats/users")
-    except httpx.HTTPError:
-        return None
-    if r.status_code != 200:
-        return None
-    got = r.json()["users"]
-    return {u: got.get(u, 0) for u in users}
 
 
 async def records_in(bootstrap: str, topic: str) -> int:
@@ -127,7 +59,7 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
     w1 = Worker(own_kafka.bootstrap, tmp_path / "w1", env=FAST_GROUP)
     rooms = [unique(f"crash{k}") for k in range(ROOMS)]
     users = [unique(f"crash-u{k}") for k in range(USERS)]
-    subs: list[ResumingSubscriber] = []
+    subs: list[Subscriber] = []
     timeline: list[str] = []
     t0 = time.monotonic()
 
@@ -139,9 +71,8 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
         note("both workers ready")
         roles = [("on w0, resumes on w0", w0.url, w0.url), ("on w0, resumes on w1", w0.url, w1.url),
                  ("on w1", w1.url, w1.url)]
-        subs = [ResumingSubscriber(f"{name} ({room})", url, resume, room).start()
-                for name, url, resume in roles for room in rooms]
-        await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 30)
+        subs = [await Subscriber(url, room, reconnect=True, resume_url=resume, name=f"{name} ({room})").start(
+                    timeout=30) for name, url, resume in roles for room in rooms]
 
         posted: list[dict] = []  # the 201 bodies
         failed: list[str] = []
@@ -207,19 +138,19 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
             await asyncio.sleep(1)  # room for duplicates to show up
             by_place = {m["event_id"]: m for m in posted}
             for s in subs:
-                assert not s.errors, f"{s.name}: {s.errors[:3]}"
+                assert not s.problems, f"{s.name}: {s.problems[:3]}"
                 got, expected = [m["offset"] for m in s.messages], expect[s.room]
                 assert got == expected, (
                     f"subscriber {s.name}: {len(got)} messages for {len(expected)} posts; missing "
                     f"{sorted(set(expected) - set(got))[:10]}, duplicated {[o for o, n in Counter(got).items() if n > 1][:10]}, "
-                    f"in order: {got == sorted(got)}; connections {s.connections}; drops {s.drops}")
+                    f"in order: {got == sorted(got)}; connects {s.connects}")
                 assert all(m == by_place[m["event_id"]] for m in s.messages), f"{s.name}: a message differs from its 201"
             for s in subs:
                 if s.url == w1.url:
-                    assert len(s.connections) == 1, f"{s.name}: the survivor's stream was dropped: {s.drops}"
+                    assert len(s.streams) == 1, f"{s.name}: the survivor's stream was dropped: {s.drops}"
                 else:  # its first stream died with w0; it resumed where it was told to, with its last id
-                    assert len(s.connections) >= 2 and s.connections[1][0] == s.resume_url and s.connections[1][1], (
-                        f"{s.name} did not resume with Last-Event-ID: {s.connections}")
+                    assert len(s.streams) >= 2 and s.streams[1].url == s.resume_url and s.streams[1].last_event_id, (
+                        f"{s.name} did not resume with Last-Event-ID: {s.connects}")
 
             # Counts: exactly the 201s per user, asked of both workers, and they stay so.
             want = Counter(m["user"] for m in posted)
@@ -227,7 +158,7 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
             seen: dict = {}
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                seen = {w.url: await read_counts(client, w, users) for w in (w0, w1)}
+                seen = {w.url: await read_counts(client, w.url, users) for w in (w0, w1)}
                 if all(c == want for c in seen.values()):
                     break
                 await asyncio.sleep(0.5)
@@ -236,7 +167,7 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
                 f"counts {seen} != 201s per user {want}; timeline: " + "; ".join(timeline))
             for _ in range(6):  # a late replay must not count anything twice
                 await asyncio.sleep(0.5)
-                seen = {w.url: await read_counts(client, w, users) for w in (w0, w1)}
+                seen = {w.url: await read_counts(client, w.url, users) for w in (w0, w1)}
                 assert all(c == want for c in seen.values()), f"counts moved after matching: {seen} != {want}"
             routed = await records_in(own_kafka.bootstrap, "chatroom-by-user")
             note(f"chatroom-by-user holds {routed} records for {len(posted)} posts "
@@ -245,8 +176,5 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
         for s in subs:
             await s.stop()
         for w in (w0, w1):
-            try:
-                w.stop()
-            except RuntimeError:
-                w.kill()
+            w.stop_or_kill()
         print("\n".join(timeline))
