@@ -7,46 +7,24 @@ state dir on free ports. Not a test; nothing is asserted.
 
 import argparse
 import os
-import random
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
-
-
-def free_base(span=13):
-    for _ in range(500):
-        base = random.randrange(20000, 32000 - span)
-        ok = True
-        for port in range(base, base + span):
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no free port range")
+from kchat_testkit.kafka import PORT_SPAN, run_kafka_local
+from kchat_testkit.procs import free_port_base
 
 
 def kafka_local(state, *args, timeout=600):
-    return subprocess.run([sys.executable, str(KAFKA_LOCAL), "--state-dir", str(state), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return run_kafka_local(*args, state_dir=state, check=False, timeout=timeout)
 
 
 def one_run(brokers):
     state = Path(tempfile.mkdtemp(prefix="kafka-up-bench-"))
     try:
-        args = ["up", "--port-base", str(free_base())] + (["--brokers", str(brokers)] if brokers > 1 else [])
+        args = ["up", "--port-base", str(free_port_base(PORT_SPAN))] + (["--brokers", str(brokers)] if brokers > 1 else [])
         t0 = time.monotonic()
         up = kafka_local(state, *args)
         t_up = time.monotonic() - t0
@@ -67,7 +45,7 @@ def main():
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--layouts", default="1,4", help="comma-separated broker counts (default 1,4)")
     args = ap.parse_args()
-    fetch = subprocess.run([sys.executable, str(KAFKA_LOCAL), "fetch"], capture_output=True, text=True)
+    fetch = run_kafka_local("fetch", check=False)
     if fetch.returncode != 0:
         raise SystemExit(fetch.stderr.strip())
     load = os.getloadavg()[0]

@@ -9,9 +9,9 @@ MODE
             the measured window
   rate      open loop: `rate` POSTs a second for `duration` seconds over a pool of connections; each text
             carries its message number and its *scheduled* wall-clock send time (no coordinated omission)
-  subs      `n` SSE subscribers; for every event whose text was written by `rate` (or the fan-out probe)
-            the latency (receive wall clock - scheduled send wall clock); prints READY once all are
-            connected, stops on a "stop" line on stdin
+  subs      `n` SSE subscribers (kchat_testkit.sse's); for every event whose text was written by `rate` (or
+            the fan-out probe) the latency (receive wall clock - scheduled send wall clock); prints READY once
+            all are connected, stops on a "stop" line on stdin
   aiokafka  aiokafka producer (acks=all, idempotent, linger 1 ms, the service's Publisher settings),
             `concurrency` tasks each awaiting send_and_wait: the ceiling of the service's publish path
   produce   `n` records straight into chatroom in the service's own format (one distinct user each)
@@ -26,41 +26,20 @@ import asyncio
 import json
 import os
 import re
-import resource
 import sys
 import time
 import uuid
 from array import array
 from datetime import datetime, timezone
 
+import httpx
+
+from kchat_testkit.procs import cpu_seconds, proc_cpu, raise_nofile
+from kchat_testkit.sse import Event, Subscriber
+
 _CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 # The marker the `rate` mode and the fan-out probe put at the start of a text: E<seq> <wall time>
-# (and the service's own sent_at, its wall clock when it accepted the POST, millisecond resolution)
-_MARK = re.compile(rb'"text":"E(\d+) (\d+\.\d+) [^"]*","sent_at":"([^"]+)"')
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds another process (the service) has used; 0 if none is watched."""
-    if not pid:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+_MARK = re.compile(r"E(\d+) (\d+\.\d+) ")
 
 
 def pad_text(head: str, size: int) -> str:
@@ -275,89 +254,57 @@ async def mode_rate(cfg: dict) -> dict:
             "client_cpu": (cpu_seconds() - cpu0) / elapsed, "_lat": lat}
 
 
-class SseSub(asyncio.Protocol):
-    """One SSE stream; records (receive time - marked send time) for each marked event."""
-
-    def __init__(self, shared: "SubsShared") -> None:
-        self.shared = shared
-        self.buf = b""
-        self.headers_done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.events = 0
-        self.lost = False
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        buf = self.buf + data
-        if not self.headers_done.done():
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
-                self.buf = buf
-                return
-            self.headers_done.set_result(int(buf[9:12]))
-            buf = buf[i + 4:]
-        j = buf.rfind(b"\n\n")
-        if j < 0:
-            self.buf = buf
-            return
-        self.buf = buf[j + 2:]
-        sh = self.shared
-        for m in _MARK.finditer(buf, 0, j + 2):
-            seq = int(m.group(1))
-            sh.lat.append(now - float(m.group(2)))
-            sh.seq.append(seq)
-            accepted = sh.accepted.get(seq)
-            if accepted is None:
-                accepted = sh.accepted[seq] = datetime.fromisoformat(m.group(3).decode()).timestamp()
-            sh.lat_service.append(now - accepted)
-            self.events += 1
-
-    def connection_lost(self, exc) -> None:
-        self.lost = True
-        if not self.headers_done.done():
-            self.headers_done.set_exception(ConnectionError("closed before the headers"))
-        elif not self.shared.stopping:
-            self.shared.disconnects += 1
-
-
 class SubsShared:
+    """What all the subscribers of one process record, for every marked event."""
+
     def __init__(self) -> None:
         self.lat = array("d")  # from the scheduled send time (load generator's clock)
         self.lat_service = array("d")  # from the service's sent_at (it accepted the POST then)
         self.accepted: dict[int, float] = {}
         self.seq = array("q")
-        self.disconnects = 0
-        self.stopping = False
+        self.per_sub: dict[int, int] = {}
+
+    def take(self, sub: int, e: Event) -> None:
+        now = time.time()
+        m = _MARK.match(e.text)
+        if m is None:
+            return
+        seq = int(m.group(1))
+        self.lat.append(now - float(m.group(2)))
+        self.seq.append(seq)
+        accepted = self.accepted.get(seq)
+        if accepted is None:  # the service's own sent_at: its wall clock when it accepted the POST (ms)
+            accepted = self.accepted[seq] = datetime.fromisoformat(e.data["sent_at"]).timestamp()
+        self.lat_service.append(now - accepted)
+        self.per_sub[sub] = self.per_sub.get(sub, 0) + 1
 
 
 async def mode_subs(cfg: dict) -> dict:
-    """cfg: port, path, n, connect_concurrency, max_seconds."""
+    """cfg: port, path (/api/rooms/<room>/events), n, connect_concurrency, max_seconds. The subscribers are
+    kchat_testkit's, on one shared connection pool, keeping no events (the marks are recorded as they come)."""
     raise_nofile()
     loop = asyncio.get_running_loop()
-    port, n = cfg["port"], cfg["n"]
+    n = cfg["n"]
+    room = cfg["path"].split("/")[3]
     shared = SubsShared()
-    req = (f"GET {cfg['path']} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
-           f"Cache-Control: no-cache\r\n\r\n").encode()
     gate = asyncio.Semaphore(cfg.get("connect_concurrency", 64))
-    subs: list[SseSub] = []
+    subs: list[tuple[int, Subscriber]] = []
     failures: list[str] = []
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
 
-    async def one() -> None:
+    async def one(k: int) -> None:
+        sub = Subscriber(f"http://127.0.0.1:{cfg['port']}", room, client=client, keep=False,
+                         on_event=lambda e: shared.take(k, e))
         async with gate:
             try:
-                transport, proto = await loop.create_connection(lambda: SseSub(shared), "127.0.0.1", port)
-                transport.write(req)
-                status = await asyncio.wait_for(proto.headers_done, 30)
-                if status != 200:
-                    failures.append(f"status {status}")
-                    transport.close()
-                    return
-                proto.transport = transport
-                subs.append(proto)
-            except (OSError, asyncio.TimeoutError) as exc:
-                failures.append(repr(exc))
+                await sub.start(timeout=30)
+                subs.append((k, sub))
+            except AssertionError as exc:
+                failures.append(str(exc)[:200])
+                await sub.stop()
 
     t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), cfg.get("max_seconds", 600))
+    await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(n))), cfg.get("max_seconds", 600))
     connect_s = time.perf_counter() - t0
     print(f"READY {len(subs)} {len(failures)}", flush=True)
     stop = asyncio.Event()
@@ -373,13 +320,13 @@ async def mode_subs(cfg: dict) -> dict:
         await asyncio.wait_for(stop.wait(), cfg.get("max_seconds", 600))
     except asyncio.TimeoutError:
         pass
-    shared.stopping = True
     cpu_share = (cpu_seconds() - cpu0) / max(time.perf_counter() - t_ready, 1e-9)
-    for s in subs:
-        s.transport.close()
-    counts = sorted(s.events for s in subs)
+    disconnects = sum(1 for _k, sub in subs if sub.ended)  # a stream the server closed before we stopped
+    await asyncio.gather(*(sub.stop() for _k, sub in subs))
+    await client.aclose()
+    counts = sorted(shared.per_sub.get(k, 0) for k, _sub in subs)
     return {"connected": len(subs), "failed": len(failures), "failures": failures[:5],
-            "connect_s": connect_s, "events": len(shared.lat), "client_cpu": cpu_share, "disconnects": shared.disconnects,
+            "connect_s": connect_s, "events": len(shared.lat), "client_cpu": cpu_share, "disconnects": disconnects,
             "per_sub_min": counts[0] if counts else 0, "per_sub_max": counts[-1] if counts else 0,
             "_lat": shared.lat, "_seq": shared.seq, "_lat_service": shared.lat_service}
 

@@ -24,10 +24,8 @@ import math
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,62 +35,20 @@ from pathlib import Path
 
 import numpy as np
 
+from kchat_testkit.kafka import KafkaCluster, create_topic, run_kafka_local
+from kchat_testkit.procs import free_port, proc_cpu, proc_rss_kb, quiesce, raise_nofile
+from kchat_testkit.worker import Worker
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-sys.path.insert(0, str(REPO))
-
-from tests.support.kafka import KafkaCluster, create_topic, run_kafka_local  # noqa: E402
-from tests.support.worker import Worker  # noqa: E402
-
 PY = sys.executable
 PYSPY = str(Path(PY).with_name("py-spy"))
-SECTIONS = ("publish", "baselines", "e2e", "fanout", "stats", "profile")
 TEXT_BYTES = 200
 
 
 # -- small helpers -----------------------------------------------------------------------------
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def proc_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def quiesce(pid: int, limit: float = 30.0, below: float = 0.10) -> float:
-    """Wait until the process uses < `below` of a core over half a second (at most `limit` s)."""
-    began = time.monotonic()
-    while time.monotonic() - began < limit:
-        c0 = proc_cpu(pid)
-        time.sleep(0.5)
-        if (proc_cpu(pid) - c0) / 0.5 < below:
-            break
-    return time.monotonic() - began
 
 
 def pcts(lat_s: np.ndarray) -> dict:
@@ -838,6 +794,11 @@ def print_table(ctx: Ctx) -> None:
         print("  ".join(str(x).ljust(w[i]) for i, x in enumerate(r)))
 
 
+# The sections, in the order they run (--sections picks a subset), as load.py picks its MODES.
+SECTIONS = {"publish": section_publish, "baselines": section_baselines, "e2e": section_e2e,
+            "fanout": section_fanout, "stats": section_stats, "profile": section_profile}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -902,88 +863,111 @@ def parse_args(argv=None):
     return a
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    ctx = Ctx(a, stamp)
-    began = time.monotonic()
-    nofile = raise_nofile()  # workers inherit it: 10,000 subscribers need 10,000+ descriptors
-    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "loop": a.loop,
+def run_meta(ctx: Ctx, nofile: int) -> dict:
+    """What a reader of the results needs to compare runs: the machine, its load, the options, the code."""
+    a = ctx.args
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "loop": a.loop,
             "subscribers": a.subscribers,
             "loadavg_start": os.getloadavg(), "python": platform.python_version(), "nofile": nofile,
             "options": {k: v for k, v in vars(a).items()},
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                     text=True).stdout.strip(),
-            "kchat_faust_uncommitted": bool(subprocess.run(
-                ["git", "status", "--porcelain", "--", "kchat_faust"], cwd=REPO, capture_output=True,
-                text=True).stdout.strip()),
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "kchat_faust_uncommitted": bool(git("status", "--porcelain", "--", "kchat_faust")),
             "note": "shared machine (other engineers' tests run at the same time): figures are noisy"}
-    ctx.results["meta"] = meta
-    log(f"bench {stamp}: sections {','.join(a.sections)}; temp dir {ctx.tmp}; fd limit {nofile}; "
-        f"load average {meta['loadavg_start'][0]:.1f}")
-    if "fanout" in a.sections and nofile < a.fanout_subs + 1000:
-        log(f"warning: fd limit {nofile} is below {a.fanout_subs} subscribers + margin")
-    failed = None
-    if not a.live_code:
-        meta.update(snapshot_code(ctx))
-        log(f"workers run a copy of {meta['code_from']}/kchat_faust (sha1 {meta['code_sha1']})")
-    try:
-        if a.bootstrap:
-            ctx.bootstrap = a.bootstrap
-        else:
-            log("starting Kafka (scripts/kafka-local, one node)")
-            ctx.cluster = KafkaCluster.start_new(ctx.tmp / "kafka")
-            ctx.bootstrap = ctx.cluster.bootstrap
-            log(f"Kafka up at {ctx.bootstrap}")
-        need_worker = set(a.sections) - {"baselines"}
-        if need_worker:
-            ctx.worker = start_worker(ctx, "worker-a")
-            meta["worker_rss_start_kb"] = proc_rss_kb(ctx.worker.proc.pid)
-        for name in SECTIONS:
-            if name in a.sections:
-                try:
-                    globals()[f"section_{name}"](ctx)
-                except Exception as exc:  # one broken section must not lose the others' figures
-                    failed = failed or exc
-                    log(f"section {name} failed: {exc!r}")
-                    ctx.row(name, "section failed", repr(exc)[:200])
-        ratios(ctx)
-    except KeyboardInterrupt:
-        log("interrupted; writing what was measured")
-    finally:
-        for p in list(ctx.children):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for w in ctx.workers:
+
+
+def run_sections(ctx: Ctx) -> Exception | None:
+    """Kafka, worker A, then each chosen section; returns the first section's failure (the others still run)."""
+    a, failed = ctx.args, None
+    if a.bootstrap:
+        ctx.bootstrap = a.bootstrap
+    else:
+        log("starting Kafka (scripts/kafka-local, one node)")
+        ctx.cluster = KafkaCluster.start_new(ctx.tmp / "kafka")
+        ctx.bootstrap = ctx.cluster.bootstrap
+        log(f"Kafka up at {ctx.bootstrap}")
+    if set(a.sections) - {"baselines"}:
+        ctx.worker = start_worker(ctx, "worker-a")
+        ctx.results["meta"]["worker_rss_start_kb"] = proc_rss_kb(ctx.worker.proc.pid)
+    for name, section in SECTIONS.items():
+        if name in a.sections:
             try:
-                w.stop()
-            except RuntimeError:
-                w.kill()
-        if ctx.cluster is not None:
-            ctx.cluster.down()
-        meta["loadavg_end"] = os.getloadavg()
-        meta["elapsed_s"] = time.monotonic() - began
-        json_path = Path(f"{ctx.base}.json")
-        png = Path(f"{ctx.base}.png")
-        if plot(ctx, png):
-            meta["plot"] = str(png.relative_to(REPO))
-        ctx.results["table"] = [dict(zip(("section", "figure", "value", "target", "met"), r)) for r in ctx.rows]
-        json_path.write_text(json.dumps(ctx.results, indent=2, default=float))
-        if a.keep or failed is not None:
-            log(f"kept {ctx.tmp} (worker logs: */worker.log)")
-        else:
-            shutil.rmtree(ctx.tmp, ignore_errors=True)
+                section(ctx)
+            except Exception as exc:  # one broken section must not lose the others' figures
+                failed = failed or exc
+                log(f"section {name} failed: {exc!r}")
+                ctx.row(name, "section failed", repr(exc)[:200])
+    ratios(ctx)
+    return failed
+
+
+def stop_everything(ctx: Ctx) -> None:
+    for p in list(ctx.children):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for w in ctx.workers:
+        w.stop_or_kill()
+    if ctx.cluster is not None:
+        ctx.cluster.down()
+
+
+def write_results(ctx: Ctx) -> Path:
+    """The JSON results and the CDF plot beside them; returns the JSON's path."""
+    meta = ctx.results["meta"]
+    json_path = Path(f"{ctx.base}.json")
+    png = Path(f"{ctx.base}.png")
+    if plot(ctx, png):
+        meta["plot"] = str(png.relative_to(REPO))
+    ctx.results["table"] = [dict(zip(("section", "figure", "value", "target", "met"), r)) for r in ctx.rows]
+    json_path.write_text(json.dumps(ctx.results, indent=2, default=float))
+    return json_path
+
+
+def print_summary(ctx: Ctx, json_path: Path) -> None:
+    meta = ctx.results["meta"]
     print()
-    print(f"kchat bench {stamp} ({a.loop} loop): {os.cpu_count()} cpus, load average {meta['loadavg_start'][0]:.1f} at start, "
-          f"{meta['loadavg_end'][0]:.1f} at end; {meta['elapsed_s'] / 60:.1f} min. The machine is shared: "
-          "figures are noisy, re-run at a quiet moment.")
+    print(f"kchat bench {ctx.stamp} ({ctx.args.loop} loop): {os.cpu_count()} cpus, load average "
+          f"{meta['loadavg_start'][0]:.1f} at start, {meta['loadavg_end'][0]:.1f} at end; "
+          f"{meta['elapsed_s'] / 60:.1f} min. The machine is shared: figures are noisy, re-run at a quiet moment.")
     print("Publish is HTTP request/response (one message per request); Kafka's ProducerPerformance batches "
           "asynchronously, so that ratio is a scale, not a target. One broker: acks=all = the leader only.")
     print()
     print_table(ctx)
     print()
     print(f"results: {json_path.relative_to(REPO)}" + (f", plot: {meta['plot']}" if "plot" in meta else ""))
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    ctx = Ctx(a, time.strftime("%Y%m%d-%H%M%S"))
+    began = time.monotonic()
+    nofile = raise_nofile()  # workers inherit it: 10,000 subscribers need 10,000+ descriptors
+    meta = ctx.results["meta"] = run_meta(ctx, nofile)
+    log(f"bench {ctx.stamp}: sections {','.join(a.sections)}; temp dir {ctx.tmp}; fd limit {nofile}; "
+        f"load average {meta['loadavg_start'][0]:.1f}")
+    if "fanout" in a.sections and nofile < a.fanout_subs + 1000:
+        log(f"warning: fd limit {nofile} is below {a.fanout_subs} subscribers + margin")
+    if not a.live_code:
+        meta.update(snapshot_code(ctx))
+        log(f"workers run a copy of {meta['code_from']}/kchat_faust (sha1 {meta['code_sha1']})")
+    failed = None
+    try:
+        failed = run_sections(ctx)
+    except KeyboardInterrupt:
+        log("interrupted; writing what was measured")
+    finally:
+        stop_everything(ctx)
+        meta["loadavg_end"] = os.getloadavg()
+        meta["elapsed_s"] = time.monotonic() - began
+        json_path = write_results(ctx)
+        if a.keep or failed is not None:
+            log(f"kept {ctx.tmp} (worker logs: */worker.log)")
+        else:
+            shutil.rmtree(ctx.tmp, ignore_errors=True)
+    print_summary(ctx, json_path)
     return 0
 
 
