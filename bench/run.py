@@ -837,8 +837,8 @@ def parse_args(argv=None):
                          "workers started later)")
     ap.add_argument("--subscribers", choices=("go", "python"), default="go" if shutil.which("go") else "python",
                     help="SSE subscriber processes: bench/sse_sink in Go (default where go is installed; at 1,000 "
-                         "msg/s x 1,000 streams it needs about a core, where load.py's asyncio client cannot "
-                         "keep up) or load.py's asyncio client")
+                         "msg/s x 1,000 streams it needs about a core) or load.py's, which run kchat_testkit's "
+                         "httpx-sse subscriber (already at 100 msg/s x 1,000 streams they fall seconds behind)")
     ap.add_argument("--bootstrap", help="use this running Kafka (host:port) instead of starting one")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, Kafka state)")
     a = ap.parse_args(argv)
