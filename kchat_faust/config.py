@@ -5,6 +5,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from . import limits
+
 # Settings never to be logged in clear.
 SECRETS = frozenset({"sasl_password", "jwt_secret"})
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -12,7 +14,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ConfigError(ValueError):
-    """A setting that cannot work; raised at import so the worker refuses to start."""
+    """A setting that cannot work: the worker refuses to start."""
 
 
 def _int(env: dict, name: str, default: int, low: int = 1) -> int:
@@ -99,8 +101,8 @@ class Settings:
     datadir: str = "kchat-data"
     advertised_host: str = "127.0.0.1"
     default_room: str = "lobby"
-    max_text: int = 4000
-    max_body: int = 64 * 1024
+    max_text: int = limits.MAX_TEXT
+    max_body: int = limits.MAX_BODY
     publish_timeout: float = 10.0
     subscriber_buffer: int = 1000
     keepalive: float = 15.0
@@ -147,7 +149,7 @@ class Settings:
             advertised_host=env.get("KCHAT_ADVERTISED_HOST", "").strip() or cls.advertised_host,
             default_room=env.get("KCHAT_DEFAULT_ROOM", "").strip() or cls.default_room,
             max_text=_int(env, "KCHAT_MAX_TEXT", cls.max_text),
-            max_body=_int(env, "KCHAT_MAX_BODY", cls.max_body, low=1024),
+            max_body=_int(env, "KCHAT_MAX_BODY", cls.max_body, low=limits.MIN_BODY),
             publish_timeout=_float(env, "KCHAT_PUBLISH_TIMEOUT", cls.publish_timeout),
             subscriber_buffer=_int(env, "KCHAT_SUBSCRIBER_BUFFER", cls.subscriber_buffer),
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),

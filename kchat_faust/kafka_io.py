@@ -1,7 +1,8 @@
-"""The Kafka clients: the two plain aiokafka ones the web side needs beside Faust's own, and how
+"""The Kafka clients: the plain aiokafka ones the web side needs beside Faust's own, and how
 Faust's own consumer fetches.
 
 Publisher: an idempotent acks=all producer, so a 2xx means the brokers have the message.
+KafkaRecordSource: the hub's group-less consumer, assigned every partition of the chat topic.
 LogReader: group-less consumers that read a range of one partition (resume, history).
 KchatTransport: Faust's own Kafka transport, with its consumer (the counting agents') fetching in
 batches and its producer flushing everything before Faust commits offsets.
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -21,6 +22,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from faust.transport.drivers import aiokafka as faust_kafka
 
 from .config import Settings
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,10 @@ class KafkaUnavailable(Exception):
 
 
 class Publisher(mode.Service):
-    def __init__(self, settings: Settings, **kwargs) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, **kwargs) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.metrics = metrics
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -112,17 +115,69 @@ class Publisher(mode.Service):
     async def publish(self, room: str, value: bytes) -> RecordMetadata:
         if self._producer is None:
             raise KafkaUnavailable("not connected to the Kafka brokers yet")
+        began = time.perf_counter()
         try:
             # asyncio.timeout, unlike wait_for, wraps nothing in a task of its own: it is on
             # the path of every publish.
             async with asyncio.timeout(self.settings.publish_timeout):
-                return await self._producer.send_and_wait(self.settings.topic, value, key=room.encode())
+                meta = await self._producer.send_and_wait(self.settings.topic, value, key=room.encode())
         except TimeoutError:
             raise KafkaUnavailable(
                 f"the brokers did not acknowledge within {self.settings.publish_timeout:g}s"
             ) from None
         except KafkaError as exc:
             raise KafkaUnavailable(f"the brokers refused the message ({exc.__class__.__name__})") from None
+        self.metrics.publish_latency.observe(time.perf_counter() - began)
+        return meta
+
+
+class KafkaRecordSource:
+    """The hub's reader: a consumer in no group, assigned every partition of the chat topic."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def open(self, positions: Mapping[int, int]) -> dict[int, int]:
+        consumer = self._consumer = AIOKafkaConsumer(
+            **self.settings.aiokafka_options(),
+            client_id="kchat-fanout",
+            group_id=None,  # no group: this worker is assigned every partition
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        topic = self.settings.topic
+        while True:
+            # A group-less consumer tracks no topic, so its own metadata cache never has ours.
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                break
+            log.info("fan-out reader: waiting for topic %r to exist", topic)
+            await asyncio.sleep(1.0)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if positions:
+            for tp in tps:
+                consumer.seek(tp, positions.get(tp.partition, 0))
+        else:
+            await consumer.seek_to_end(*tps)
+        return {tp.partition: await consumer.position(tp) for tp in tps}
+
+    async def fetch(self, max_records: int) -> list[ConsumerRecord]:
+        assert self._consumer is not None, "open() first"
+        batches = await self._consumer.getmany(timeout_ms=500, max_records=max_records)
+        return [record for records in batches.values() for record in records]
+
+    def highwater(self, partition: int) -> int | None:
+        if self._consumer is None:
+            return None
+        return self._consumer.highwater(TopicPartition(self.settings.topic, partition))
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
 
 
 class LogReader:
@@ -156,7 +211,7 @@ class LogReader:
                 else:
                     await consumer.stop()
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # the pooled consumers
         while self._idle:
             await self._idle.pop().stop()
 

@@ -1,41 +1,23 @@
-"""Per-user publish rate limit: a token bucket per user, in this worker's memory."""
+"""The service's limits and patterns, in one place: validation, the views and the OpenAPI
+description all read them from here, so they cannot drift apart."""
 from __future__ import annotations
 
-import math
-import time
+# Rooms are Kafka record keys and URL path segments: keep them plain.
+ROOM_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+MAX_USER = 64
+# The default longest message text (KCHAT_MAX_TEXT), in characters.
+MAX_TEXT = 4000
+# The default largest request body (KCHAT_MAX_BODY), and the smallest it may be set to.
+MAX_BODY = 64 * 1024
+MIN_BODY = 1024
 
+# GET .../messages?limit=N
+DEFAULT_HISTORY = 50
+MAX_HISTORY = 500
+# Rooms share partitions: history walks a room's partition back at most this many records.
+MAX_HISTORY_SCAN = 200_000
 
-class RateLimiter:
-    """`rate` messages per second with bursts of `burst`; rate 0 turns it off.
-
-    Buckets live per worker: a user posting through two workers gets twice the rate,
-    which is fine for flood protection and needs no shared state.
-    """
-
-    MAX_KEYS = 100_000
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
-
-    def retry_after(self, key: str) -> int:
-        """0 and one token taken if `key` may go on; else whole seconds until it may."""
-        if self.rate <= 0:
-            return 0
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
-            if len(self._buckets) > self.MAX_KEYS:
-                self._forget_idle(now)
-            return 0
-        self._buckets[key] = (tokens, now)
-        return max(1, math.ceil((1 - tokens) / self.rate))
-
-    def _forget_idle(self, now: float) -> None:
-        # A bucket that has refilled completely holds no information: drop it.
-        full = [k for k, (t, last) in self._buckets.items()
-                if t + (now - last) * self.rate >= self.burst]
-        for k in full:
-            del self._buckets[k]
+# A resume token is "partition:offset"; offset -1 means "before the partition's first record".
+EVENT_ID_PATTERN = r"[0-9]+:-?[0-9]+"
+# The event id of a stored message (never -1).
+STORED_EVENT_ID_PATTERN = r"[0-9]+:[0-9]+"

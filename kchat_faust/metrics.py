@@ -1,53 +1,67 @@
 """Prometheus metrics: what an operator of a Kafka-backed chat service wants to scrape.
 
-Counters are bumped where things happen; gauges that describe state (subscribers, reader lag,
-readiness, recovery) are read from the services at scrape time by KchatCollector.
-Faust's own stream/table/producer sensors are exported too, prefixed "faust_".
+Each app owns its registry (a Metrics object), so building an app twice in one process -- as
+the unit tests do -- registers nothing twice. Counters are bumped where things happen; gauges
+that describe state (subscribers, reader lag, readiness, recovery) are read from the app at
+scrape time by KchatCollector. Faust's own stream/table/producer sensors are exported too,
+prefixed "faust_".
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry,
+                               Counter, Histogram)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-PUBLISHED = Counter(
-    "kchat_messages_published", "Publish requests by outcome: stored (acknowledged by the brokers), "
-    "refused (4xx, nothing published) or failed (503, not confirmed)", ["outcome"])
-# Bound once: labels() looks its child up under a lock on every call.
-STORED, REFUSED, FAILED = (PUBLISHED.labels(o) for o in ("stored", "refused", "failed"))
-PUBLISH_LATENCY = Histogram(
-    "kchat_publish_latency_seconds", "From the send to the brokers' acknowledgement (acks=all)",
-    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-DELIVERED = Counter("kchat_events_delivered", "Chat events handed to SSE subscribers (live and resumed)")
-SLOW_DISCONNECTS = Counter("kchat_slow_subscriber_disconnects",
-                           "Subscribers disconnected because their buffer was full")
-RESUMES = Counter("kchat_resumes", "Event streams opened with a Last-Event-ID")
-SUBSCRIPTIONS = Counter("kchat_subscriptions", "Event streams opened")
+if TYPE_CHECKING:
+    from .app import KchatApp
+
+
+class Metrics:
+    """The counters the app bumps, on a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        published = Counter(
+            "kchat_messages_published", "Publish requests by outcome: stored (acknowledged by the brokers), "
+            "refused (4xx, nothing published) or failed (503, not confirmed)", ["outcome"], registry=registry)
+        # Bound once: labels() looks its child up under a lock on every call.
+        self.stored, self.refused, self.failed = (published.labels(o) for o in ("stored", "refused", "failed"))
+        self.publish_latency = Histogram(
+            "kchat_publish_latency_seconds", "From the send to the brokers' acknowledgement (acks=all)",
+            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=registry)
+        self.delivered = Counter("kchat_events_delivered",
+                                 "Chat events handed to SSE subscribers (live and resumed)", registry=registry)
+        self.slow_disconnects = Counter("kchat_slow_subscriber_disconnects",
+                                        "Subscribers disconnected because their buffer was full", registry=registry)
+        self.resumes = Counter("kchat_resumes", "Event streams opened with a Last-Event-ID", registry=registry)
+        self.subscriptions = Counter("kchat_subscriptions", "Event streams opened", registry=registry)
 
 
 class KchatCollector(Collector):
     """Reads live state at scrape time, so it is never stale and costs nothing between scrapes."""
 
-    def __init__(self, app, hub, ready: Callable[[], dict[str, bool]]) -> None:
-        self.app, self.hub, self.ready = app, hub, ready
+    def __init__(self, app: "KchatApp") -> None:
+        self.app = app
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        hub = self.app.hub
         subs = GaugeMetricFamily("kchat_subscribers", "Open SSE event streams on this worker")
-        subs.add_metric([], self.hub.subscriber_count)
+        subs.add_metric([], hub.subscriber_count)
         yield subs
         rooms = GaugeMetricFamily("kchat_rooms_watched", "Rooms with at least one subscriber on this worker")
-        rooms.add_metric([], len(self.hub.rooms))
+        rooms.add_metric([], len(hub.rooms))
         yield rooms
         lag = GaugeMetricFamily("kchat_fanout_lag_records",
                                 "Records between the fan-out reader's position and the log end",
                                 labels=["partition"])
-        for partition, records in sorted(self.hub.lag().items()):
+        for partition, records in sorted(hub.lag().items()):
             lag.add_metric([str(partition)], records)
         yield lag
         ready = GaugeMetricFamily("kchat_ready", "Readiness checks (1 = passing)", labels=["check"])
-        for check, ok in self.ready().items():
+        for check, ok in self.app.readiness().items():
             ready.add_metric([check], 1 if ok else 0)
         yield ready
         recovery = self.app.tables.recovery
@@ -60,10 +74,14 @@ class KchatCollector(Collector):
         yield remaining
 
 
-def install(app, hub, ready) -> None:
+def install(app: "KchatApp") -> None:
+    """Serve app.metrics' registry at /metrics, with Faust's sensors and the process' own figures."""
     from faust.sensors.prometheus import setup_prometheus_sensors
 
-    # Faust's sensors (streams, tables, producer, rebalances, HTTP) and the /metrics page,
-    # which serves the default registry: ours are registered there too.
-    setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
-    REGISTRY.register(KchatCollector(app, hub, ready))
+    registry = app.metrics.registry
+    # What the default registry would carry: process CPU/memory, Python version, GC.
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    # Faust's sensors (streams, tables, producer, rebalances, HTTP) and the /metrics page.
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    registry.register(KchatCollector(app))

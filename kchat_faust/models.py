@@ -9,8 +9,10 @@ from datetime import datetime, timezone
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 
-ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_USER = 64
+from .limits import EVENT_ID_PATTERN, MAX_USER, ROOM_PATTERN
+
+ROOM_RE = re.compile(ROOM_PATTERN)
+_EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
 # Newlines and tabs are part of chat text; other control characters only ever garble terminals.
 _BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -111,12 +113,11 @@ def event_id(partition: int, offset: int) -> str:
 
 def parse_event_id(token: str) -> tuple[int, int]:
     """Inverse of event_id; raises ValidationError on anything else."""
-    try:
-        p, o = token.strip().split(":")
-        partition, offset = int(p), int(o)
-    except (ValueError, AttributeError):
-        raise ValidationError("last_event_id", f"{token!r} is not an event id from this service") from None
-    if partition < 0 or offset < -1:  # -1: before the partition's first record
+    if not isinstance(token, str) or not _EVENT_ID_RE.fullmatch(token.strip()):
+        raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
+    p, o = token.strip().split(":")
+    partition, offset = int(p), int(o)
+    if offset < -1:  # -1: before the partition's first record
         raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
     return partition, offset
 

@@ -1,20 +1,24 @@
 """The HTTP API as OpenAPI 3.1, served at /openapi.json; schemathesis checks the service against it."""
 from __future__ import annotations
 
+from functools import lru_cache
+from importlib.metadata import version
+
 from aiohttp import web
-from faust.web import View
+from faust.web import Blueprint, View
 
-from . import __version__
-from .app import app, settings
+from .config import Settings
+from .limits import DEFAULT_HISTORY, EVENT_ID_PATTERN, MAX_HISTORY, MAX_USER, ROOM_PATTERN, STORED_EVENT_ID_PATTERN
 
+blueprint = Blueprint("openapi")
 ROOM = {"name": "room", "in": "path", "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+        "schema": {"type": "string", "pattern": f"^{ROOM_PATTERN}$"}}
+EVENT_ID = {"type": "string", "pattern": f"^{EVENT_ID_PATTERN}$"}
 LAST_EVENT_ID = [
     {"name": "Last-Event-ID", "in": "header", "required": False,
-     "description": "Resume after this event id (partition:offset)",
-     "schema": {"type": "string", "pattern": "^[0-9]+:-?[0-9]+$"}},
+     "description": "Resume after this event id (partition:offset)", "schema": EVENT_ID},
     {"name": "last_event_id", "in": "query", "required": False,
-     "description": "Same as the Last-Event-ID header", "schema": {"type": "string", "pattern": "^[0-9]+:-?[0-9]+$"}},
+     "description": "Same as the Last-Event-ID header", "schema": EVENT_ID},
     {"name": "access_token", "in": "query", "required": False,
      "description": "The bearer token, for EventSource clients that cannot send headers",
      "schema": {"type": "string"}},
@@ -39,123 +43,127 @@ def _stream(description: str) -> dict:
     return {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
-SPEC = {
-    "openapi": "3.1.0",
-    "info": {"title": "kchat-faust", "version": __version__,
-             "description": "A chat service on Apache Kafka. A 2xx for a publish means the brokers "
-                            "acknowledged the message (acks=all)."},
-    "paths": {
-        "/api/rooms/{room}/messages": {
-            "parameters": [ROOM],
-            "post": {
-                "summary": "Publish a message; answered after the brokers acknowledged it",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/NewMessage"}}}},
-                "responses": {"201": {"description": "Stored", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Message"}}}},
-                    **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+@lru_cache
+def spec(settings: Settings) -> dict:
+    """The description of a worker run with these settings."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kchat-faust", "version": version("kchat-faust"),
+                 "description": "A chat service on Apache Kafka. A 2xx for a publish means the brokers "
+                                "acknowledged the message (acks=all)."},
+        "paths": {
+            "/api/rooms/{room}/messages": {
+                "parameters": [ROOM],
+                "post": {
+                    "summary": "Publish a message; answered after the brokers acknowledged it",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/NewMessage"}}}},
+                    "responses": {"201": {"description": "Stored", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Message"}}}},
+                        **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+                },
+                "get": {
+                    "summary": "The room's last messages, oldest first, read back from Kafka",
+                    "parameters": [{"name": "limit", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY,
+                                               "default": DEFAULT_HISTORY}}],
+                    "responses": {"200": {"description": "History", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["room", "messages", "last_event_id"],
+                                   "properties": {"room": {"type": "string"},
+                                                  "last_event_id": {
+                                                      **EVENT_ID,
+                                                      "description": "Resume the event stream from here: "
+                                                                     "no gap after this history"},
+                                                  "messages": {"type": "array",
+                                                               "items": {"$ref": "#/components/schemas/Message"}}}}}}},
+                        **_errors(400, 401, 404, 503)},
+                },
             },
-            "get": {
-                "summary": "The room's last messages, oldest first, read back from Kafka",
-                "parameters": [{"name": "limit", "in": "query", "required": False,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
-                "responses": {"200": {"description": "History", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["room", "messages", "last_event_id"],
-                               "properties": {"room": {"type": "string"},
-                                              "last_event_id": {
-                                                  "type": "string", "pattern": "^[0-9]+:-?[0-9]+$",
-                                                  "description": "Resume the event stream from here: "
-                                                                 "no gap after this history"},
-                                              "messages": {"type": "array",
-                                                           "items": {"$ref": "#/components/schemas/Message"}}}}}}},
-                    **_errors(400, 401, 404, 503)},
+            "/api/rooms/{room}/events": {
+                "parameters": [ROOM],
+                "get": {"summary": "Server-Sent Events: event `message`, data = Message JSON, id = resume token",
+                        "parameters": LAST_EVENT_ID,
+                        "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 404, 503)}},
             },
-        },
-        "/api/rooms/{room}/events": {
-            "parameters": [ROOM],
-            "get": {"summary": "Server-Sent Events: event `message`, data = Message JSON, id = resume token",
-                    "parameters": LAST_EVENT_ID,
-                    "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 404, 503)}},
-        },
-        "/api/topics/{topic}": {
-            "parameters": [{"name": "topic", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": [settings.topic]}}],
-            "post": {
-                "summary": "The 2017 tutorial's publish endpoint: text/plain \"<name>: <text>\"",
-                "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
-                "responses": {"200": {"description": "Stored; header X-Kchat-Event-Id names its place",
-                                      "headers": {"X-Kchat-Event-Id": {"schema": {"type": "string"}}}},
-                              **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+            "/api/topics/{topic}": {
+                "parameters": [{"name": "topic", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": [settings.topic]}}],
+                "post": {
+                    "summary": "The 2017 tutorial's publish endpoint: text/plain \"<name>: <text>\"",
+                    "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "responses": {"200": {"description": "Stored; header X-Kchat-Event-Id names its place",
+                                          "headers": {"X-Kchat-Event-Id": {"schema": {"type": "string"}}}},
+                                  **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+                },
             },
+            "/sse/connect": {
+                "get": {"summary": f"The tutorial's event stream: room {settings.default_room!r} as event `test`",
+                        "parameters": LAST_EVENT_ID,
+                        "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 503)}},
+            },
+            "/api/system/echo": {
+                "get": {"summary": "Liveness, as the tutorial's publish server",
+                        "responses": {"200": {"description": "I'm working...",
+                                              "content": {"text/plain": {"schema": {"const": "I'm working..."}}}}}},
+            },
+            "/stats/users": {
+                "get": {"summary": "Every user's message count, gathered from every worker",
+                        "parameters": [{"name": "scope", "in": "query", "required": False,
+                                        "description": "`local`: only this worker's partitions (used between workers)",
+                                        "schema": {"type": "string", "enum": ["local"]}}],
+                        "responses": {"200": {"description": "Counts", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["users"],
+                            "properties": {"users": {"type": "object",
+                                                     "additionalProperties": {"type": "integer", "minimum": 0}}}}}}},
+                            **_errors(400, 503)}},
+            },
+            "/stats/users/{user}": {
+                "parameters": [{"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"summary": "One user's message count",
+                        "responses": {"200": {"description": "Count", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["user", "count"],
+                            "properties": {"user": {"type": "string"}, "count": {"type": "integer", "minimum": 0}}}}}},
+                            **_errors(404, 503)}},
+            },
+            "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "Alive", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
+            "/readyz": {"get": {"summary": "Ready: publisher connected, fan-out reader assigned, tables recovered",
+                                "responses": {"200": {"description": "Ready", "content": {"application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Readiness"}}}},
+                                    "503": {"description": "Not ready", "content": {"application/json": {
+                                        "schema": {"$ref": "#/components/schemas/Readiness"}}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+                "description": "Text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
+                "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
-        "/sse/connect": {
-            "get": {"summary": f"The tutorial's event stream: room {settings.default_room!r} as event `test`",
-                    "parameters": LAST_EVENT_ID,
-                    "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 503)}},
+        "components": {
+            "schemas": {
+                "NewMessage": {"type": "object", "required": ["user", "text"], "additionalProperties": False,
+                               "properties": {"user": {"type": "string", "minLength": 1, "maxLength": MAX_USER},
+                                              "text": {"type": "string", "minLength": 1,
+                                                       "maxLength": settings.max_text}}},
+                "Message": {"type": "object",
+                            "required": ["id", "room", "user", "text", "sent_at", "partition", "offset", "event_id"],
+                            "properties": {"id": {"type": "string"}, "room": {"type": "string"},
+                                           "user": {"type": "string"}, "text": {"type": "string"},
+                                           "sent_at": {"type": "string", "format": "date-time"},
+                                           "partition": {"type": "integer", "minimum": 0},
+                                           "offset": {"type": "integer", "minimum": 0},
+                                           "event_id": {"type": "string", "pattern": f"^{STORED_EVENT_ID_PATTERN}$"}}},
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
+                "Readiness": {"type": "object", "required": ["ready"],
+                              "properties": {"ready": {"type": "boolean"}, "producer": {"type": "boolean"},
+                                             "fanout": {"type": "boolean"}, "tables": {"type": "boolean"}}},
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                           "description": "Only when the worker runs with KCHAT_JWT_SECRET"}},
         },
-        "/api/system/echo": {
-            "get": {"summary": "Liveness, as the tutorial's publish server",
-                    "responses": {"200": {"description": "I'm working...",
-                                          "content": {"text/plain": {"schema": {"const": "I'm working..."}}}}}},
-        },
-        "/stats/users": {
-            "get": {"summary": "Every user's message count, gathered from every worker",
-                    "parameters": [{"name": "scope", "in": "query", "required": False,
-                                    "description": "`local`: only this worker's partitions (used between workers)",
-                                    "schema": {"type": "string", "enum": ["local"]}}],
-                    "responses": {"200": {"description": "Counts", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["users"],
-                        "properties": {"users": {"type": "object",
-                                                 "additionalProperties": {"type": "integer", "minimum": 0}}}}}}},
-                        **_errors(400, 503)}},
-        },
-        "/stats/users/{user}": {
-            "parameters": [{"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"summary": "One user's message count",
-                    "responses": {"200": {"description": "Count", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["user", "count"],
-                        "properties": {"user": {"type": "string"}, "count": {"type": "integer", "minimum": 0}}}}}},
-                        **_errors(404, 503)}},
-        },
-        "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "Alive", "content": {
-            "application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
-        "/readyz": {"get": {"summary": "Ready: publisher connected, fan-out reader assigned, tables recovered",
-                            "responses": {"200": {"description": "Ready", "content": {"application/json": {
-                                "schema": {"$ref": "#/components/schemas/Readiness"}}}},
-                                "503": {"description": "Not ready", "content": {"application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Readiness"}}}}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
-            "description": "Text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
-            "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-    },
-    "components": {
-        "schemas": {
-            "NewMessage": {"type": "object", "required": ["user", "text"], "additionalProperties": False,
-                           "properties": {"user": {"type": "string", "minLength": 1, "maxLength": 64},
-                                          "text": {"type": "string", "minLength": 1,
-                                                   "maxLength": settings.max_text}}},
-            "Message": {"type": "object",
-                        "required": ["id", "room", "user", "text", "sent_at", "partition", "offset", "event_id"],
-                        "properties": {"id": {"type": "string"}, "room": {"type": "string"},
-                                       "user": {"type": "string"}, "text": {"type": "string"},
-                                       "sent_at": {"type": "string", "format": "date-time"},
-                                       "partition": {"type": "integer", "minimum": 0},
-                                       "offset": {"type": "integer", "minimum": 0},
-                                       "event_id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}}},
-            "Error": {"type": "object", "required": ["error"],
-                      "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
-            "Readiness": {"type": "object", "required": ["ready"],
-                          "properties": {"ready": {"type": "boolean"}, "producer": {"type": "boolean"},
-                                         "fanout": {"type": "boolean"}, "tables": {"type": "boolean"}}},
-        },
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                                       "description": "Only when the worker runs with KCHAT_JWT_SECRET"}},
-    },
-}
+    }
 
 
-@app.page("/openapi.json")
+@blueprint.route("/openapi.json", name="openapi")
 class OpenAPI(View):
     async def get(self, request: web.Request) -> web.Response:
-        return web.json_response(SPEC)
+        return web.json_response(spec(self.app.settings))

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 from aiohttp import web
-from faust.web import View
+from faust.web import Blueprint, View
 
-from .app import app
+blueprint = Blueprint("page")
 
 # The page's script and style live in their own files, so inline script can be refused.
 CSP = "; ".join([
@@ -73,15 +73,15 @@ def serve(request: web.Request, asset: Asset) -> web.Response:
     return web.Response(body=asset.body, headers=headers)
 
 
-# Registered at import, before Faust applies its own blueprints (which also claim "/"
-# for a JSON status); aiohttp answers with the first matching route, this one.
-@app.page("/")
+# Registered with the app before Faust applies its own blueprints (which also claim "/" for a
+# JSON status, when the web server starts); aiohttp answers with the first matching route, this one.
+@blueprint.route("/", name="chat_page")
 class ChatPage(View):
     async def get(self, request: web.Request) -> web.Response:
         return serve(request, INDEX)
 
 
-@app.page("/static/{name}")
+@blueprint.route("/static/{name}", name="static_file")
 class StaticFile(View):
     async def get(self, request: web.Request, name: str) -> web.Response:
         asset = ASSETS.get(name)

@@ -219,6 +219,10 @@ async def test_two_workers_every_subscriber_gets_its_room_once_in_order(kchat_wo
         expected = {users[room]: 100 for room in rooms}
         for w in workers:  # complete whichever worker answers
             assert await wait_counts(client, w.url, expected) == expected
+        for w in workers:  # one user's count: from its owner, whichever worker is asked
+            for user in expected:
+                r = await client.get(f"{w.url}/stats/users/{user}")
+                assert r.status_code == 200 and r.json() == {"user": user, "count": 100}, (w.url, r.text)
     finally:
         second.stop()
     # the group shrank back to one worker, which now holds every partition

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from kchat_faust.config import ConfigError, Settings, kafka_servers
-from kchat_faust.fanout import sse_frame
 from kchat_faust.kafka_io import KchatTransport
 from kchat_faust.models import (ValidationError, decode_record, new_message, parse_compat_body,
                                 parse_event_id, partition_for)
@@ -88,13 +87,6 @@ def test_event_ids_round_trip_and_garbage_is_refused():
             parse_event_id(bad)
 
 
-def test_sse_frame_cannot_be_broken_by_newlines():
-    frame = sse_frame("test", "a\ndata: x\r\nid: 9", "1:2").decode()
-    assert frame == "id: 1:2\nevent: test\ndata: a\ndata: data: x\ndata: id: 9\n\n"
-    # U+2028 is no SSE line break: it must stay inside its data line
-    assert sse_frame("message", '{"t":"a\u2028b"}', "0:1").decode().count("data:") == 1
-
-
 def test_rooms_map_to_stable_partitions_like_the_java_client():
     # murmur2 of the key, as Kafka's Java producer partitions: a room never moves.
     assert partition_for("lobby", 12) == partition_for("lobby", 12)
@@ -137,7 +129,7 @@ def test_jwt_secret_is_never_logged():
 
 
 def test_rate_limiter_allows_a_burst_then_asks_to_wait():
-    from kchat_faust.limits import RateLimiter
+    from kchat_faust.ratelimit import RateLimiter
 
     now = [100.0]
     limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
@@ -165,7 +157,9 @@ def test_a_worker_with_a_bad_setting_stops_with_one_line(tmp_path):
 
 
 async def test_the_counting_consumer_fetches_in_batches():
-    from kchat_faust.app import app
+    from kchat_faust.app import create_app
+
+    app = create_app(Settings())
     from kchat_faust.kafka_io import COUNTING_FETCH_MAX_WAIT_MS, COUNTING_FETCH_MIN_BYTES
 
     async def nothing(*args) -> None:
@@ -182,7 +176,9 @@ async def test_the_counting_consumer_fetches_in_batches():
 
 
 async def test_the_producer_flushes_every_queued_changelog_write_before_a_commit():
-    from kchat_faust.app import app
+    from kchat_faust.app import create_app
+
+    app = create_app(Settings())
 
     producer = app.producer
     assert isinstance(producer, KchatTransport.Producer)

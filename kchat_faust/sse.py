@@ -1,0 +1,45 @@
+"""Server-Sent Events on the wire: how a chat record becomes the bytes every subscriber gets."""
+from __future__ import annotations
+
+import json
+import re
+
+from .models import ChatMessage, event_id, message_json
+
+# Only CR, LF and CRLF end an SSE line; str.splitlines() would also split on U+2028 and kin,
+# which JSON leaves unescaped inside strings.
+_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+# A comment line with no blank line after it: aiohttp-sse's own ": ping\r\n\r\n" ends in a
+# blank line, which some clients (httpx-sse among them) turn into an empty "message" event.
+KEEPALIVE = b": keep-alive\n"
+
+
+def sse_frame(event: str, data: str, id_: str) -> bytes:
+    # One "data:" line per text line: a newline inside a message cannot start a new field.
+    lines = "".join(f"data: {line}\n" for line in _SSE_LINE_BREAK.split(data))
+    return f"id: {id_}\nevent: {event}\n{lines}\n".encode()
+
+
+class Frames:
+    """A record rendered once per format, shared by every subscriber of its room."""
+
+    __slots__ = ("msg", "partition", "offset", "_native", "_compat")
+
+    def __init__(self, msg: ChatMessage, partition: int, offset: int) -> None:
+        self.msg, self.partition, self.offset = msg, partition, offset
+        self._native: bytes | None = None
+        self._compat: bytes | None = None
+
+    def render(self, compat: bool) -> bytes:
+        if compat:
+            if self._compat is None:
+                # The seed's event: name "test", data "<name>: <text>".
+                self._compat = sse_frame("test", f"{self.msg.user}: {self.msg.text}",
+                                         event_id(self.partition, self.offset))
+            return self._compat
+        if self._native is None:
+            data = json.dumps(message_json(self.msg, self.partition, self.offset),
+                              ensure_ascii=False, separators=(",", ":"))
+            self._native = sse_frame("message", data, event_id(self.partition, self.offset))
+        return self._native
