@@ -1,8 +1,10 @@
 """Real Kafka clusters run by scripts/kafka-local, and what TopicCommand says about their topics.
 
 KafkaCluster.start_new(state_dir, brokers=1) starts one on free ports (loopback); its kill/start/status
-drive single nodes. create_topic / describe_topic / parse_describe wrap TopicCommand. Each cluster's logs
-are in <state_dir>/logs/node-<id>.log.
+drive single nodes. With extra=("--netns",) every node runs in a network namespace of its own and the
+fault methods (cut, isolate, heal, slow, pause, disk_stall ...) apply; host(name) makes a namespace for a
+worker. create_topic / describe_topic / parse_describe wrap TopicCommand. Each cluster's logs are in
+<state_dir>/logs/node-<id>.log.
 """
 from __future__ import annotations
 
@@ -106,6 +108,55 @@ class KafkaCluster:
 
     def describe(self, name: str) -> str:
         return describe_topic(self.bootstrap, name, state_dir=self.state_dir)
+
+    # -- faults (scripts/kafka_local_net.py says how each is made) -----------------------------------------------
+    def host(self, name: str) -> tuple[str, str]:
+        """A network namespace for a client (a worker) on the cluster's bridge: (namespace, address)."""
+        ns, ip = self.run("host", name).stdout.split()
+        return ns, ip
+
+    def cut(self, a: str, b: str, one_way: bool = False) -> None:
+        """Drop everything between members a and b (comma lists of node ids, host names, brokers, ...)."""
+        self.run("cut", a, b, *(["--one-way"] if one_way else []))
+
+    def isolate(self, members: str) -> None:
+        self.run("isolate", members)
+
+    def heal(self) -> None:
+        self.run("heal")
+
+    def cuts(self) -> dict[str, list[str]]:
+        return {line.split()[0]: line.split()[1].split(",") for line in self.run("cuts").stdout.splitlines()}
+
+    def slow(self, members: str = "all", delay_ms: float = 0, jitter_ms: float = 0, loss_pct: float = 0) -> None:
+        self.run("slow", members, "--delay", str(delay_ms), "--jitter", str(jitter_ms), "--loss", str(loss_pct))
+
+    def unslow(self) -> None:
+        self.run("slow", "--off")
+
+    def pause(self, node_id: int) -> None:
+        self.run("pause", str(node_id))
+
+    def resume(self, node_id: int) -> None:
+        self.run("resume", str(node_id))
+
+    def disk_stall(self, node_id: int) -> None:
+        self.run("disk-stall", str(node_id))
+
+    def disk_resume(self, node_id: int) -> None:
+        self.run("disk-resume", str(node_id))
+
+    def active_controller(self) -> int:
+        return int(self.run("quorum", timeout=180).stdout.split()[1])
+
+    def leftovers(self, everything: bool = False) -> list[str]:
+        """What of this cluster (everything: of any kafka-local) is still on the machine; [] when clean."""
+        cp = self.run("leftovers", *(["--all"] if everything else []), check=False)
+        return cp.stdout.splitlines()
+
+    def security(self) -> dict | None:
+        """The secured cluster's record (protocol, mechanism, cafile, users and passwords), or None."""
+        return self.info().get("security")
 
     def down(self) -> None:
         if self.state_dir is not None and not self.stopped:

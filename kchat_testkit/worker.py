@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,11 +17,17 @@ FAUST = str(Path(sys.executable).with_name("faust"))
 
 
 class Worker:
-    """One worker process; start/stop/kill keep its port and data dir, like a pod restart."""
+    """One worker process; start/stop/kill keep its port and data dir, like a pod restart.
 
-    def __init__(self, bootstrap: str, workdir: Path, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    net=(namespace, address) runs it in that network namespace (KafkaCluster.host()), reached at that address
+    by this machine and by the other workers."""
+
+    def __init__(self, bootstrap: str, workdir: Path, env: dict | None = None,
+                 net: tuple[str, str] | None = None) -> None:
+        self.net = net
+        self.host = net[1] if net else "127.0.0.1"
+        self.port = 6066 if net else free_port()  # a namespace has its ports to itself
+        self.url = f"http://{self.host}:{self.port}"
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "worker.log"
@@ -29,14 +36,15 @@ class Worker:
             "KCHAT_BROKER": "kafka://" + bootstrap,
             "KCHAT_REPLICATION_FACTOR": "1",
             "KCHAT_DATADIR": str(workdir / "data"),
-            "KCHAT_ADVERTISED_HOST": "127.0.0.1",
+            "KCHAT_ADVERTISED_HOST": self.host,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        return [FAUST, "-A", "kchat_faust", "worker", "-l", "info", "--web-port", str(self.port)]
+        cmd = [FAUST, "-A", "kchat_faust", "worker", "-l", "info", "--web-port", str(self.port)]
+        return (["nsenter", f"--net=/run/netns/{self.net[0]}"] + cmd) if self.net else cmd
 
     def start(self, timeout: float = 90.0) -> "Worker":
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -51,11 +59,17 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def ready(self) -> bool:
+        return self.readyz() == 200
+
+    def readyz(self) -> int | None:
+        """GET /readyz's status; None if the worker did not answer."""
         try:
             with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
-                return r.status == 200
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
         except OSError:
-            return False
+            return None
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
