@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 6066
 KAFKA := scripts/kafka-local
 
-.PHONY: help setup tools run down test bench chaos clean
+.PHONY: help setup tools run down test bench chaos faults clean
 
 help:
 	@echo "make run     start a local Kafka (one broker) and a kchat worker on port $(PORT)"
@@ -14,12 +14,19 @@ help:
 	@echo "make down    stop the local Kafka started by make run"
 	@echo "make bench   run the benchmarks (prints figures; never fails on timing)"
 	@echo "make chaos   the tutorial's chaos test, automated: 4 brokers, one SIGKILLed every 20 s (~5 min)"
+	@echo "make faults  the fault suite: kills, pauses, partitions, slow network, disk stall (root; <= 30 min;"
+	@echo "             FAULTS_ARGS=--quick: three of them, part of make test)"
 
-# Java 17+ and Maven run Kafka; Debian's packages where the machine lacks them.
+# Java 17+ and Maven run Kafka; openssl makes the secured cluster's certificates; ip, nft, iptables,
+# nsenter, losetup, mkfs.ext4 and fsfreeze make the fault suite's namespaces, cuts and disks. Debian's
+# packages where the machine lacks them.
 tools:
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "installing Java and Maven from Debian's packages"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+	@for t in openssl ip nft iptables nsenter losetup mkfs.ext4 fsfreeze; do command -v $$t >/dev/null || exit 1; done || { \
+	  echo "installing openssl, iproute2, nftables, iptables, util-linux, e2fsprogs from Debian's packages"; \
+	  apt-get update -qq && apt-get install -y -qq openssl iproute2 nftables iptables util-linux e2fsprogs >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
@@ -61,6 +68,10 @@ bench: setup $(VENV)/.bench-installed
 
 chaos: setup
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# Network namespaces, nft, loop disks: needs root. A table, and JSON under test-artifacts/.
+faults: setup
+	$(PY) bench/faults.py $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .kafka-local .pytest_cache

@@ -152,3 +152,14 @@ def test_a_subscriber_is_held_only_to_what_its_streams_covered():
     a.connects.append(Connect(3.0, "http://w", a.events[-1].id, 200))  # it came back: now it owes the rest
     v = check(h)
     assert v.lost == 2 and not v.ok
+
+
+def test_counts_follow_what_readers_show_a_copy_delivered_counts():
+    h = made_up(["ok", "ok"])
+    r = h.log[0]
+    h.log.append(LogRecord(PARTITION, 102, ROOM, r.user, r.text, r.id))
+    h.subscribers[0].events.append(Event(9.0, "5:102", PARTITION, 102, r.user, r.text))
+    want = {u: c + (u == r.user) for u, c in h.counts["http://w0"].items()}
+    h.counts = {w: dict(want) for w in h.counts}
+    v = check(h)
+    assert v.duplicated == 1 and v.count_errors == 0  # one fault (the copy), reported once
