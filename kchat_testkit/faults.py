@@ -171,9 +171,18 @@ class Fault:
         say(f"  {text}")
 
     def begin(self, name: str) -> None:
+        """The fault is being made (availability is measured from here)."""
         self.windows.append(Window(name, time.monotonic()))
 
+    def in_force(self) -> None:
+        """It is in force: attempts from here until lifting() are those the fault fully met."""
+        self.windows[-1].t_in_force = time.monotonic()
+
+    def lifting(self) -> None:
+        self.windows[-1].t_lifting = time.monotonic()
+
     def heal(self) -> None:
+        """It is undone (recovery is measured from here)."""
         self.windows[-1].t_heal = time.monotonic()
 
     async def hold(self, seconds: float, describe_at: float | None = None) -> None:
@@ -195,7 +204,9 @@ async def kill_busy_leader(f: Fault) -> None:
     f.note(f"SIGKILL broker {leader}, leader of the busy room's partition")
     f.begin(f"broker {leader} killed")
     await f.env.do(f.cluster.kill, leader)
+    f.in_force()
     await f.hold(10, describe_at=4)
+    f.lifting()
     await f.env.do(f.cluster.start, leader)
     f.heal()
 
@@ -206,7 +217,9 @@ async def kill_two_brokers(f: Fault) -> None:
     f.note(f"SIGKILL brokers {leader} (the busy leader) and {other} at once: 2 of 4 replicas left = min ISR")
     f.begin(f"brokers {leader},{other} killed")
     await asyncio.gather(f.env.do(f.cluster.kill, leader), f.env.do(f.cluster.kill, other))
+    f.in_force()
     await f.hold(15, describe_at=8)
+    f.lifting()
     await asyncio.gather(f.env.do(f.cluster.start, leader), f.env.do(f.cluster.start, other))
     f.heal()
 
@@ -218,7 +231,9 @@ def pause_leader(seconds: float) -> Callable[[Fault], Awaitable[None]]:
                f"{int(SETTINGS['broker.session.timeout.ms']) / 1000:g}s")
         f.begin(f"broker {leader} paused {seconds:g}s")
         await f.env.do(f.cluster.pause, leader)
+        f.in_force()
         await f.hold(seconds, describe_at=min(seconds - 1, 12))
+        f.lifting()
         await f.env.do(f.cluster.resume, leader)
         f.heal()
         f.note(f"resumed; a few seconds later: {await f.env.describe_room(f.busy_room)}")
@@ -231,7 +246,9 @@ async def pause_follower(f: Fault) -> None:
     f.note(f"SIGSTOP broker {follower}, a follower of the busy partition, for 20s")
     f.begin(f"broker {follower} paused")
     await f.env.do(f.cluster.pause, follower)
+    f.in_force()
     await f.hold(20, describe_at=12)
+    f.lifting()
     await f.env.do(f.cluster.resume, follower)
     f.heal()
 
@@ -241,7 +258,9 @@ async def isolate_broker(f: Fault) -> None:
     f.note(f"isolate broker {leader} (busy leader) from every node, worker and this machine for 20s")
     f.begin(f"broker {leader} isolated")
     await f.env.do(f.cluster.isolate, str(leader))
+    f.in_force()
     await f.hold(20, describe_at=14)
+    f.lifting()
     await f.env.do(f.cluster.heal)
     f.heal()
 
@@ -253,7 +272,9 @@ async def cut_leader_from_followers(f: Fault) -> None:
            f"reach it) for 20s; replica.lag.time.max.ms is {int(SETTINGS['replica.lag.time.max.ms']) / 1000:g}s")
     f.begin(f"broker {leader} cut from followers")
     await f.env.do(f.cluster.cut, str(leader), followers)
+    f.in_force()
     await f.hold(20, describe_at=14)
+    f.lifting()
     await f.env.do(f.cluster.heal)
     f.heal()
 
@@ -263,7 +284,9 @@ async def cut_broker_from_controllers(f: Fault) -> None:
     f.note(f"cut broker {leader} (busy leader) from the controllers only for 20s")
     f.begin(f"broker {leader} cut from controllers")
     await f.env.do(f.cluster.cut, str(leader), "controllers")
+    f.in_force()
     await f.hold(20, describe_at=14)
+    f.lifting()
     await f.env.do(f.cluster.heal)
     f.heal()
 
@@ -273,8 +296,10 @@ async def kill_active_controller(f: Fault) -> None:
     f.note(f"SIGKILL controller {active}, the active one, for 10s")
     f.begin(f"controller {active} killed")
     await f.env.do(f.cluster.kill, active)
+    f.in_force()
     await f.hold(10)
     f.note(f"quorum now led by {await f.env.do(f.cluster.active_controller)}")
+    f.lifting()
     await f.env.do(f.cluster.start, active)
     f.heal()
 
@@ -284,7 +309,9 @@ async def pause_active_controller(f: Fault) -> None:
     f.note(f"SIGSTOP controller {active}, the active one, for 15s")
     f.begin(f"controller {active} paused")
     await f.env.do(f.cluster.pause, active)
+    f.in_force()
     await f.hold(15)
+    f.lifting()
     await f.env.do(f.cluster.resume, active)
     f.heal()
     f.note(f"quorum now led by {await f.env.do(f.cluster.active_controller)}")
@@ -297,7 +324,9 @@ async def random_halves(f: Fault) -> None:
     f.note(f"random halves for 20s: {','.join(a)} | {','.join(b)}")
     f.begin("random halves")
     await f.env.do(f.cluster.cut, ",".join(a), ",".join(b))
+    f.in_force()
     await f.hold(20, describe_at=14)
+    f.lifting()
     await f.env.do(f.cluster.heal)
     f.heal()
 
@@ -306,7 +335,9 @@ async def worker_cut_from_brokers(f: Fault) -> None:
     f.note("cut worker w0 from every broker for 20s (clients still reach it)")
     f.begin("w0 cut from brokers")
     await f.env.do(f.cluster.cut, "w0", "brokers")
+    f.in_force()
     await f.hold(20)
+    f.lifting()
     await f.env.do(f.cluster.heal)
     f.heal()
 
@@ -315,7 +346,9 @@ async def netem_everywhere(f: Fault) -> None:
     f.note("every node and worker: +40±10 ms on every packet in, 1% lost, for 25s")
     f.begin("slow network")
     await f.env.do(lambda: f.cluster.slow("all", 40, 10, 1))
+    f.in_force()
     await f.hold(25, describe_at=15)
+    f.lifting()
     await f.env.do(f.cluster.unslow)
     f.heal()
 
@@ -325,7 +358,9 @@ async def kill_worker(f: Fault) -> None:
     f.note("SIGKILL worker w1 mid-batch; start it again 5s later")
     f.begin("w1 killed")
     w.kill()
+    f.in_force()
     await asyncio.sleep(5)
+    f.lifting()
     await f.env.do(w.start, 240.0)
     f.heal()
 
@@ -336,7 +371,9 @@ async def pause_worker(f: Fault) -> None:
            f"{WORKER_ENV['BROKER_SESSION_TIMEOUT']}s)")
     f.begin("w1 paused")
     w.pause()
+    f.in_force()
     await asyncio.sleep(15)
+    f.lifting()
     w.resume()
     f.heal()
 
@@ -346,7 +383,9 @@ async def stall_leader_disk(f: Fault) -> None:
     f.note(f"freeze broker {leader}'s disk (busy leader) for 15s")
     f.begin(f"broker {leader} disk stalled")
     await f.env.do(f.cluster.disk_stall, leader)
+    f.in_force()
     await f.hold(15, describe_at=10)
+    f.lifting()
     await f.env.do(f.cluster.disk_resume, leader)
     f.heal()
 
@@ -426,16 +465,23 @@ async def settle(subs: list[Subscriber], rooms: set[str], bootstrap: str, timeou
     return await read_log(bootstrap, rooms)
 
 
-async def settled_counts(workers: list[str], users: list[str], expected: dict[str, int], timeout: float = 90.0):
-    """Counts once every worker answers the expected ones and still does a few seconds later (or at timeout)."""
-    deadline = time.monotonic() + timeout
-    seen = {}
-    while time.monotonic() < deadline:
+async def settled_counts(workers: list[str], users: list[str], expected: dict[str, int], fault: Fault,
+                         timeout: float = 120.0):
+    """Counts once every worker answers the expected ones and still does a few seconds later (or at timeout,
+    noting how the totals moved, to tell a lag from a loss)."""
+    began = time.monotonic()
+    seen, trail = {}, []
+    while time.monotonic() < began + timeout:
         seen = await read_counts(workers, users)
         if all(c == expected for c in seen.values()):
             await asyncio.sleep(3)
             return await read_counts(workers, users)
+        totals = [sum(c.values()) if c else None for c in seen.values()]
+        if not trail or trail[-1][1] != totals:
+            trail.append((round(time.monotonic() - began), totals))
         await asyncio.sleep(1)
+    fault.note(f"counts not settled after {timeout:g}s: want {sum(expected.values())} in all; "
+               f"totals per worker over time (s, totals): {trail[-8:]}")
     return seen
 
 
@@ -450,7 +496,9 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
     fault = Fault(env, rooms[0], rng)
     try:
         await asyncio.gather(*(s.start(timeout=30) for s in subs))
-        rec = Recorder(urls, rooms, users, run_id, rate=rate, attempt_timeout=15)
+        # an attempt gives up 3 s after the workers' publish timeout would have answered 503
+        rec = Recorder(urls, rooms, users, run_id, rate=rate,
+                       attempt_timeout=float(WORKER_ENV["KCHAT_PUBLISH_TIMEOUT"]) + 3)
         fault.note(f"busy room {rooms[0]}: {await env.describe_room(rooms[0])}")
 
         stop = asyncio.Event()
@@ -472,7 +520,7 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
         log = await settle(subs, set(rooms), env.cluster.bootstrap)
         history = History(rec.ops, subs, log, {}, fault.windows, busy_room=rooms[0])
         expected = expected_counts(history)
-        history.counts = await settled_counts(urls, users, {u: expected.get(u, 0) for u in users})
+        history.counts = await settled_counts(urls, users, {u: expected.get(u, 0) for u in users}, fault)
         out.verdict = check(history)
         out.attempts = attempt_summary(rec, fault.windows)
         if why:
@@ -490,8 +538,8 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
 
 def attempt_summary(rec: Recorder, windows: list[Window]) -> dict:
     """Attempts by worker and outcome, overall and while the fault lasted (what the clients saw)."""
-    t_start = windows[0].t_start if windows else None
-    t_heal = windows[-1].t_heal if windows else None
+    t_start = (windows[0].t_in_force or windows[0].t_start) if windows else None
+    t_heal = (windows[-1].t_lifting or windows[-1].t_heal) if windows else None
     total, during = Counter(), Counter()
     for op in rec.ops:
         for a in op.attempts:

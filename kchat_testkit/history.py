@@ -99,6 +99,8 @@ class Window:
     name: str
     t_start: float
     t_heal: float | None = None
+    t_in_force: float | None = None  # the fault fully made (a cut in every namespace, a kill returned)
+    t_lifting: float | None = None  # its undoing began
 
 
 def classify(status: int | None) -> str:
