@@ -7,7 +7,7 @@ agents and table, the services and the web pages.
 
 `faust -A kchat_faust worker` builds it from the environment (kchat_faust/__init__.py).
 Everything a view needs hangs off the app object: app.settings, app.publisher, app.hub,
-app.counts, app.metrics, app.rate_limiter.
+app.brokers, app.counts, app.metrics, app.rate_limiter.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import logging
 import faust
 
 from . import counting, metrics, web
+from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
-from .kafka_io import KafkaRecordSource, KchatTransport, LogReader, Publisher
+from .kafka_io import KafkaRecordSource, KchatTransport, LogReader, MetadataProbe, Publisher
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("kchat")
@@ -32,6 +33,7 @@ class KchatApp(faust.App):
     metrics: metrics.Metrics
     publisher: Publisher
     hub: Hub
+    brokers: BrokerWatch
     counts: counting.LocalCounts
     rate_limiter: RateLimiter
 
@@ -44,9 +46,16 @@ class KchatApp(faust.App):
     def _new_web(self) -> web.KchatWeb:
         return web.KchatWeb(self)
 
+    def on_init_dependencies(self):
+        # The broker watch first: its log gate must be on before Faust's clients start retrying,
+        # and with the brokers down at start the app's own services never start (they wait for
+        # table recovery).
+        return [self.brokers, *super().on_init_dependencies()]
+
     def readiness(self) -> dict[str, bool]:
         recovery = self.tables.recovery
         return {
+            "brokers": self.brokers.reachable,
             "producer": self.publisher.connected,
             "fanout": self.hub.ready,
             "tables": recovery.completed.is_set() and not recovery.in_recovery,
@@ -75,6 +84,9 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         # would be counted. Refresh often enough that a new topic joins the assignment at once.
         consumer_metadata_max_age_ms=5000,
         logging_config=settings.logging_config(),
+        # mode turns each write to stderr into a log line of its own: a traceback printed there
+        # came out one line (often one character) per record. Let stderr be stderr.
+        worker_redirect_stdouts=False,
     )
     app.settings = settings
     app.metrics = metrics.Metrics()
@@ -94,6 +106,8 @@ def create_app(settings: Settings | None = None) -> KchatApp:
     app.counts = counting.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics))
     app.hub = app.service(Hub(settings, KafkaRecordSource(settings), LogReader(settings), app.metrics))
+    probe = MetadataProbe(settings)
+    app.brokers = BrokerWatch(probe, close=probe.close)
     web.setup(app)
     metrics.install(app)
 
