@@ -1,18 +1,25 @@
 """The chat message: its validation, its bytes on Kafka, and its resume token."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from datetime import datetime, timezone
 
 import faust
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from .limits import EVENT_ID_PATTERN, MAX_USER, ROOM_PATTERN
+from .limits import EVENT_ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, MAX_USER, ROOM_PATTERN
 
 ROOM_RE = re.compile(ROOM_PATTERN)
 _EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
+_IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# A keyed message's id: "k" and 32 hex digits; encode() puts it first, so the hub can tell a
+# keyed record from its first bytes without decoding it.
+_KEYED_PREFIX = b'{"id":"k'
+_KEYED_END = len(b'{"id":"') + 33
 # Newlines and tabs are part of chat text; other control characters only ever garble terminals.
 _BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -22,6 +29,10 @@ class ValidationError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class KeyReused(ValidationError):
+    """An Idempotency-Key sent again with another message (422)."""
 
 
 class ChatMessage(faust.Record, serializer="json", include_metadata=False):
@@ -66,14 +77,41 @@ def check_text(text: object, max_text: int) -> str:
     return text
 
 
-def new_message(room: str, user: object, text: object, max_text: int) -> ChatMessage:
+def check_idempotency_key(key: object) -> str:
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ValidationError("Idempotency-Key", "must be 1-128 visible ASCII characters")
+    return key
+
+
+def keyed_id(room: str, user: str, key: str) -> str:
+    """The id of the message that `user` publishes in `room` with this Idempotency-Key: every
+    retry, through whichever worker, names the same message."""
+    digest = hashlib.sha256("\0".join((room, user, key)).encode()).hexdigest()
+    return "k" + digest[:32]
+
+
+def keyed_id_of(value: bytes | None) -> str | None:
+    """The id of a keyed message from its record bytes (as encode() wrote them), else None."""
+    if value is not None and value.startswith(_KEYED_PREFIX) and value[_KEYED_END:_KEYED_END + 1] == b'"':
+        return value[7:_KEYED_END].decode()
+    return None
+
+
+def new_message(room: str, user: object, text: object, max_text: int, key: str | None = None) -> ChatMessage:
+    room, user = check_room(room), check_user(user)
     return ChatMessage(
-        id=uuid.uuid4().hex,
-        room=check_room(room),
-        user=check_user(user),
+        id=keyed_id(room, user, key) if key is not None else uuid.uuid4().hex,
+        room=room,
+        user=user,
         text=check_text(text, max_text),
         sent_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
+
+
+def encode(msg: ChatMessage) -> bytes:
+    """A message's bytes on Kafka: compact JSON, id first."""
+    return orjson.dumps({"id": msg.id, "room": msg.room, "user": msg.user, "text": msg.text,
+                         "sent_at": msg.sent_at})
 
 
 def parse_compat_body(body: str) -> tuple[str, str]:

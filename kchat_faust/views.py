@@ -19,7 +19,8 @@ from . import peers
 from .auth import check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
-from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
+from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, encode, message_json,
+                     new_message, parse_compat_body, parse_event_id)
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("kchat")
@@ -53,14 +54,35 @@ async def read_text_body(request: web.Request) -> str:
         raise ValidationError("body", "is not valid UTF-8") from None
 
 
-async def store(view: KchatView, request: web.Request, room: str, user, text) -> dict:
-    """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input."""
+async def store(view: KchatView, request: web.Request, room: str, user, text) -> tuple[dict, bool]:
+    """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input.
+    Returns the stored message, and whether an earlier attempt with the same Idempotency-Key stored it."""
     app = view.app
-    msg = new_message(room, user, text, app.settings.max_text)
+    key = request.headers.get("Idempotency-Key")
+    msg = new_message(room, user, text, app.settings.max_text,
+                      check_idempotency_key(key) if key is not None else None)
     check_author(token_subject(request, app.settings.jwt_secret), msg.user)
-    app.rate_limiter.check(msg.user)
-    meta = await app.publisher.publish(room, msg.dumps())
-    return message_json(msg, meta.partition, meta.offset)
+    if key is not None:
+        stored = await app.hub.stored(room, msg.id)
+        if stored is not None:
+            return replayed(app, stored, msg.text)
+    app.rate_limiter.check(msg.user)  # a replay above costs no token
+    meta = await app.publisher.publish(room, encode(msg))
+    if key is not None:
+        # Another attempt may have stored it first, its record not yet read when we looked: then
+        # this record is a copy that every reader drops, and the answer is the first one.
+        original = await app.hub.original_of(room, meta.partition, meta.offset, msg.id,
+                                             timeout=min(2.0, app.settings.publish_timeout))
+        if original is not None:
+            return replayed(app, original, msg.text)
+    return message_json(msg, meta.partition, meta.offset), False
+
+
+def replayed(app, stored: dict, text: str) -> tuple[dict, bool]:
+    if stored["text"] != text:
+        raise KeyReused("Idempotency-Key", "was used for another message in this room; use a new key")
+    app.metrics.replays.inc()
+    return stored, True
 
 
 def counts_publish(handler):
@@ -103,8 +125,11 @@ class RoomMessages(KchatView):
         for field in ("user", "text"):
             if field not in body:
                 raise ValidationError(field, "is required")
-        stored = await store(self, request, room, body["user"], body["text"])
-        return fast_json(stored, status=201)
+        stored, again = await store(self, request, room, body["user"], body["text"])
+        response = fast_json(stored, status=201)
+        if again:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
 
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
@@ -132,8 +157,11 @@ class SeedPublish(KchatView):
         if request.content_type not in ("text/plain", "application/octet-stream"):
             return error(415, "Content-Type must be text/plain")
         user, text = parse_compat_body(await read_text_body(request))
-        stored = await store(self, request, settings.default_room, user, text)
-        return web.Response(status=200, headers={"X-Kchat-Event-Id": stored["event_id"]})
+        stored, again = await store(self, request, settings.default_room, user, text)
+        headers = {"X-Kchat-Event-Id": stored["event_id"]}
+        if again:
+            headers["Idempotent-Replayed"] = "true"
+        return web.Response(status=200, headers=headers)
 
 
 @blueprint.route("/api/system/echo", name="echo")

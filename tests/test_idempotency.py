@@ -1,0 +1,130 @@
+"""Idempotent publish against real Kafka: a retried POST with the same Idempotency-Key is the same message,
+delivered, shown and counted once -- through another worker, and when a copy reached the log anyway."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from kchat_faust.models import encode, new_message
+from tests.support.chat import Listener, unique, wait_counts
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+async def client():
+    async with httpx.AsyncClient(timeout=30) as c:
+        yield c
+
+
+async def keyed_post(client, base: str, room: str, user: str, text: str, key: str) -> httpx.Response:
+    return await client.post(f"{base}/api/rooms/{room}/messages", json={"user": user, "text": text},
+                             headers={"Idempotency-Key": key})
+
+
+async def history(client, base: str, room: str) -> list[dict]:
+    return (await client.get(f"{base}/api/rooms/{room}/messages")).json()["messages"]
+
+
+async def test_a_retry_through_another_worker_is_the_same_message_once_everywhere(kchat_worker, worker_factory,
+                                                                                   client):
+    second = worker_factory()
+    try:
+        for w in (kchat_worker, second):
+            w.wait_ready()
+        room, ann = unique("idem"), unique("ann")
+        listeners = [await Listener(w.url, room).start() for w in (kchat_worker, second)]
+        first = await keyed_post(client, kchat_worker.url, room, ann, "only once", "key-1")
+        assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+        retry = await keyed_post(client, second.url, room, ann, "only once", "key-1")
+        assert retry.status_code == 201, retry.text
+        assert retry.json() == first.json() and retry.headers["Idempotent-Replayed"] == "true"
+        other = await keyed_post(client, second.url, room, ann, "another", "key-2")
+        assert other.json()["offset"] > first.json()["offset"]
+
+        for listener in listeners:
+            got = await listener.wait_for(2)
+            await asyncio.sleep(0.5)
+            assert [m["text"] for m in listener.messages] == ["only once", "another"]
+            await listener.stop()
+        for w in (kchat_worker, second):
+            assert [m["text"] for m in await history(client, w.url, room)] == ["only once", "another"]
+        assert await wait_counts(client, second.url, {ann: 2}) == {ann: 2}
+
+        # The same key for another text is a client's mistake, not a retry.
+        clash = await keyed_post(client, second.url, room, ann, "something else", "key-1")
+        assert clash.status_code == 422 and clash.json()["field"] == "Idempotency-Key"
+        bad = await keyed_post(client, second.url, room, ann, "x", "bad key with spaces")
+        assert bad.status_code == 400 and bad.json()["field"] == "Idempotency-Key"
+    finally:
+        second.stop()
+    kchat_worker.wait_ready()
+
+
+async def test_a_copy_that_reached_the_log_is_dropped_by_every_reader(kchat_worker, kafka_bootstrap, client):
+    # The first attempt's outcome was unknown to its client, yet its record -- twice, as a retried
+    # produce can leave it -- is in the log: what readers see, and what the client's retry is told.
+    room, bob = unique("copy"), unique("bob")
+    listener = await Listener(kchat_worker.url, room).start()
+    msg = new_message(room, bob, "sent twice", 4000, key="k-unknown")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        stored = [await producer.send_and_wait("chatroom", encode(msg), key=room.encode()) for _ in range(2)]
+    finally:
+        await producer.stop()
+    assert stored[1].offset > stored[0].offset
+    retry = await keyed_post(client, kchat_worker.url, room, bob, "sent twice", "k-unknown")
+    assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.json()["offset"] == stored[0].offset and retry.json()["id"] == msg.id
+    after = await keyed_post(client, kchat_worker.url, room, bob, "after", "k-after")
+    got = await listener.wait_for(2)
+    await asyncio.sleep(0.5)
+    await listener.stop()
+    assert [m["offset"] for m in got] == [stored[0].offset, after.json()["offset"]]
+    resumed = Listener(kchat_worker.url, room)
+    resumed.last_id = f"{stored[0].partition}:{stored[0].offset - 1}"  # replays both copies' range
+    await resumed.start()
+    assert [m["offset"] for m in await resumed.wait_for(2)] == [stored[0].offset, after.json()["offset"]]
+    await asyncio.sleep(0.3)
+    await resumed.stop()
+    assert len(resumed.messages) == 2
+    assert [m["text"] for m in await history(client, kchat_worker.url, room)] == ["sent twice", "after"]
+    assert await wait_counts(client, kchat_worker.url, {bob: 2}) == {bob: 2}
+
+
+async def test_the_window_a_key_is_remembered_for(worker_factory, client):
+    worker = worker_factory(env={"KCHAT_IDEMPOTENCY_WINDOW": "3"})
+    try:
+        room, cy = unique("window"), unique("cy")
+        first = await keyed_post(client, worker.url, room, cy, "hello", "k")
+        await asyncio.sleep(1)
+        inside = await keyed_post(client, worker.url, room, cy, "hello", "k")
+        assert inside.json() == first.json()  # 1 s after: the same message
+        began = time.monotonic()
+        await asyncio.sleep(4.5)  # more than the window after the last attempt that reached the log
+        outside = await keyed_post(client, worker.url, room, cy, "hello", "k")
+        assert outside.status_code == 201 and "Idempotent-Replayed" not in outside.headers
+        assert outside.json()["offset"] > first.json()["offset"], time.monotonic() - began
+        # Beyond the window it is a new message: both are shown and counted.
+        assert [m["offset"] for m in await history(client, worker.url, room)] == [
+            first.json()["offset"], outside.json()["offset"]]
+        assert await wait_counts(client, worker.url, {cy: 2}) == {cy: 2}
+    finally:
+        worker.stop()
+
+
+async def test_the_seed_endpoint_takes_a_key_too_and_works_without_one(kchat_worker, client):
+    url = f"{kchat_worker.url}/api/topics/chatroom"
+    text = f"{unique('dee')}: seed-format hello"
+    r1 = await client.post(url, content=text, headers={"Content-Type": "text/plain", "Idempotency-Key": "s1"})
+    r2 = await client.post(url, content=text, headers={"Content-Type": "text/plain", "Idempotency-Key": "s1"})
+    assert r1.status_code == r2.status_code == 200
+    assert r1.headers["X-Kchat-Event-Id"] == r2.headers["X-Kchat-Event-Id"]
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    r3 = await client.post(url, content=text, headers={"Content-Type": "text/plain"})
+    assert r3.status_code == 200 and r3.headers["X-Kchat-Event-Id"] != r1.headers["X-Kchat-Event-Id"]
