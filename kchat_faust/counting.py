@@ -6,24 +6,24 @@
 Regrouping by user makes the table co-partitioned with the stream that updates it. Faust is
 at-least-once: after a crash or a rebalance, records since the last commit come again. Each
 table entry keeps, with the count, the highest chatroom offset counted per partition, so a
-replayed record is recognised and not counted twice (see `counted`). A record that copies an
-earlier one (a retried publish, see copies.py) is not routed at all.
+replayed record is recognised and not counted twice (see `counted`), which needs the records
+routed in order (inorder.py). A record that copies an earlier one (a retried publish, see
+copies.py) is not routed at all, nor are presence events.
 """
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import faust
 from faust.types import TP
 
-from .models import decode_record, keyed_id_of
+from .inorder import InOrder
+from .models import ChatMessage, decode_record, keyed_id_of
 
 if TYPE_CHECKING:
     from .app import KchatApp
 
 TABLE = "user_counts"
-log = logging.getLogger(__name__)
 
 
 class Counted(faust.Record, serializer="json", include_metadata=False):
@@ -76,56 +76,33 @@ class LocalCounts:
 
 
 class Router:
-    """route_by_user's rules: every chatroom record routed once at least, and in offset order.
+    """route_by_user's rule for one record: copies (copies.py) and presence events are not routed."""
 
-    `counted` recognises a replay by its offset being at most the highest one counted for that
-    partition, so the first routing of a partition's offsets must come in order. Faust does not
-    always deliver them so: around a rebalance it may drop records it had fetched and carry on
-    after them (seen here: offsets 190-197 of a partition skipped, routed only after a later
-    rebalance replayed them, by then below the highest offset counted -- eight messages never
-    counted). So the router knows the next offset it must route per partition and, when an
-    event skips ahead of it, routes the skipped records first, read from the log.
-    """
-
-    def __init__(self, send: Callable[[str, int, int], Awaitable[None]],
-                 read: Callable[[int, int, int], AsyncIterator], judge: Callable[[int], object],
-                 committed: Callable[[int], int | None], default_room: str) -> None:
-        self.send, self.read, self.judge_for, self.committed = send, read, judge, committed
-        self.default_room = default_room
-        self.next: dict[int, int] = {}  # chatroom partition -> the next offset to route
+    def __init__(self, send: Callable[[str, int, int], Awaitable[None]], judge: Callable[[int], object],
+                 default_room: str, on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> None:
+        self.send, self.judge_for, self.default_room = send, judge, default_room
+        self.on_message = on_message  # (room, partition, offset, timestamp): the room directory's tally
         self.judges: dict[int, object] = {}
 
     def reset(self) -> None:
-        """After a rebalance: a partition may start anywhere again (from its committed offset)."""
-        self.next.clear()
         self.judges.clear()
 
-    async def take(self, partition: int, offset: int, timestamp: int, value: bytes | None) -> None:
-        expected = self.next.get(partition)
-        if expected is None:
-            expected = self.committed(partition)
-        if expected is not None and offset > expected:
-            log.warning("counting: chatroom partition %d skipped offsets %d-%d; routing them from the log",
-                        partition, expected, offset - 1)
-            records = self.read(partition, expected, offset)
-            async for r in records:
-                await self._route(partition, r.offset, r.timestamp, r.value)
-        await self._route(partition, offset, timestamp, value)
-        self.next[partition] = max(offset + 1, expected or 0)
-
-    async def _route(self, partition: int, offset: int, timestamp: int, value: bytes | None) -> None:
+    async def route(self, partition: int, offset: int, timestamp: int, value: bytes | None) -> None:
         judge = self.judges.get(partition)
         if judge is None:
             judge = self.judges[partition] = self.judge_for(partition)
         if await judge.is_copy(offset, timestamp, keyed_id_of(value)):
             return  # a retried publish's second record: the first one counts
         msg = decode_record(value, partition, offset, timestamp, self.default_room)
-        if msg is not None:
+        if isinstance(msg, ChatMessage):
+            self.on_message(msg.room, partition, offset, timestamp)
             await self.send(msg.user, partition, offset)
 
 
-def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
-    """Declare the regrouped topic, the table and the two agents on app."""
+def setup(app: "KchatApp", chat_topic: faust.TopicT,
+          on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> LocalCounts:
+    """Declare the regrouped topic, the table and the two agents on app; on_message(room, partition,
+    offset, timestamp) is told of every message route_by_user routes (the room directory tallies it)."""
     settings = app.settings
     by_user_topic = app.topic(
         f"{settings.topic}-by-user",
@@ -154,14 +131,15 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
         # Where Faust resumed the partition after its last assignment (it seeks there).
         return app.consumer._committed_offset.get(TP(settings.topic, partition))
 
-    router = Router(send, lambda p, start, stop: app.hub.reader.read(p, start, stop),
-                    lambda p: app.hub.judge(p), committed, settings.default_room)
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_message)
+    in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
+                       committed)
 
     @app.agent(chat_topic, name="kchat_faust.counting.route_by_user")
     async def route_by_user(stream):
         async for event in stream.events():
             m = event.message
-            await router.take(m.partition, m.offset, int(m.timestamp * 1000), event.value)
+            await in_order.take(m.partition, m.offset, int(m.timestamp * 1000), event.value)
 
     @app.agent(by_user_topic, name="kchat_faust.counting.count_messages")
     async def count_messages(stream):
@@ -174,6 +152,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
     async def forget(*args, **kwargs) -> None:
         local.invalidate()  # the table may have changed under the snapshot
         router.reset()
+        in_order.reset()
 
     app.on_partitions_revoked.connect(forget)
     app.on_partitions_assigned.connect(forget)

@@ -33,7 +33,7 @@ from .copies import CopyIndex
 from .feed import RoomFeed, Subscriber
 from .limits import MAX_HISTORY_SCAN
 from .metrics import Metrics
-from .models import decode_record, event_id, keyed_id_of, message_json, partition_for
+from .models import ChatMessage, decode_record, event_id, keyed_id_of, message_json, partition_for
 from .sse import Frames
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,10 @@ class Hub(mode.Service):
                 if msg is None or msg.room != sub.room:
                     continue
                 sub.last_offset = record.offset
-                self.metrics.delivered.inc()
-                yield Frames(msg, record.partition, record.offset).render(sub.compat)
+                frame = Frames(msg, record.partition, record.offset).render(sub.compat)
+                if frame:
+                    self.metrics.delivered.inc()
+                    yield frame
 
     async def recent(self, room: str, limit: int) -> tuple[list[dict], str]:
         """The room's last `limit` messages, read back from the log, oldest first, and the resume
@@ -208,7 +210,7 @@ class Hub(mode.Service):
                 async for r in records:
                     msg = decode_record(r.value, r.partition, r.offset, r.timestamp,
                                         self.settings.default_room)
-                    if msg is not None and msg.room == room:
+                    if isinstance(msg, ChatMessage) and msg.room == room:
                         chunk.append(message_json(msg, r.partition, r.offset))
             found = chunk + found
             stop, window = start, window * 4
@@ -260,7 +262,7 @@ class Hub(mode.Service):
     async def _message_at(self, partition: int, offset: int) -> dict | None:
         async for r in self.reader.read(partition, offset, offset + 1):
             msg = decode_record(r.value, r.partition, r.offset, r.timestamp, self.settings.default_room)
-            return message_json(msg, r.partition, r.offset) if msg is not None else None
+            return message_json(msg, r.partition, r.offset) if isinstance(msg, ChatMessage) else None
         return None
 
     async def reached(self, partition: int, position: int, timeout: float) -> bool:

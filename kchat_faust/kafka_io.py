@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 # worker spent 80% of a core, and 39% once fetches waited for a batch (300 msg/s: 100% -> 79%).
 COUNTING_FETCH_MIN_BYTES = 64 * 1024
 COUNTING_FETCH_MAX_WAIT_MS = 100
-# How long a stopping worker waits for the brokers to take what its producers still hold:
-# with the brokers gone they never will, and a worker must still stop within seconds.
-STOP_FLUSH_TIMEOUT = 5.0
+# How long a stopping worker may wait on Kafka, all its steps together: with the brokers gone
+# Faust would wait forever for its last events' commit (a SIGTERMed worker was still waiting
+# after 20 minutes), aiokafka for every batch in flight. It must still stop within seconds.
+STOP_BUDGET = 3.0
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -54,14 +55,32 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             raise  # we really are being cancelled
 
 
-async def stop_within(what: str, stop, timeout: float = STOP_FLUSH_TIMEOUT) -> bool:
-    """Await stop() for at most `timeout` seconds; say so in one line if it took longer."""
-    try:
-        async with asyncio.timeout(timeout):
-            await stop()
-        return True
-    except TimeoutError:
-        log.warning("stopping: %s within %gs (brokers unreachable?); not waiting longer", what, timeout)
+class StopBudget:
+    """One budget of seconds for every step of a worker's stop that waits on Kafka."""
+
+    def __init__(self, seconds: float = STOP_BUDGET) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def start(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        self.start()
+        return max(0.1, self.deadline - time.monotonic())
+
+    async def within(self, what: str, stop) -> bool:
+        """Await stop() for what is left of the budget; say so in one line if that was not enough."""
+        try:
+            async with asyncio.timeout(self.left()):
+                await stop()
+        except TimeoutError:
+            pass
+        # Faust's own code may swallow the cancellation and return: the clock tells either way.
+        if time.monotonic() < self.deadline:
+            return True
+        log.warning("stopping: %s (brokers unreachable?); not waiting longer", what)
         return False
 
 
@@ -91,13 +110,18 @@ class _BatchingConsumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> _BatchingConsumerThread:
         return _BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def on_stop(self) -> None:
+        # Faust waits here for the agents' last events and commits them: forever without brokers.
+        # What is not committed is processed again on the next start (at-least-once).
+        await self.app.stop_budget.within("the agents' last offsets could not be committed", super().on_stop)
+
 
 class _FlushingProducer(faust_kafka.Producer):
     async def flush(self) -> None:
         if self.app.should_stop:
             # Faust flushes once more when the app stops. Whatever is not written by then was
             # never covered by a commit (see _drain), so it is counted again on the next start.
-            await stop_within("the counts' changelog writes could not be flushed", self._drain)
+            await self.app.stop_budget.within("the counts' changelog writes could not be flushed", self._drain)
         else:
             await self._drain()
 
@@ -113,7 +137,7 @@ class _FlushingProducer(faust_kafka.Producer):
 
     async def on_stop(self) -> None:
         # aiokafka's stop() waits for every batch in flight, up to Faust's 20-minute request timeout.
-        await stop_within("Faust's producer could not deliver what it still held", super().on_stop)
+        await self.app.stop_budget.within("Faust's producer could not deliver what it still held", super().on_stop)
 
 
 class KchatTransport(faust_kafka.Transport):
@@ -126,10 +150,12 @@ class KafkaUnavailable(Exception):
 
 
 class Publisher(mode.Service):
-    def __init__(self, settings: Settings, metrics: Metrics, **kwargs) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, stop_budget: StopBudget | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
+        self.stop_budget = stop_budget or StopBudget()
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -166,7 +192,8 @@ class Publisher(mode.Service):
         if producer is not None:
             # stop() flushes what is still buffered before closing. Their publishers have been
             # (or will be) answered 503, "not confirmed", if it cannot.
-            await stop_within("the publisher could not deliver the messages it still held", producer.stop)
+            await self.stop_budget.within("the publisher could not deliver the messages it still held",
+                                          producer.stop)
 
     async def publish(self, room: str, value: bytes) -> RecordMetadata:
         if self._producer is None:
@@ -185,6 +212,20 @@ class Publisher(mode.Service):
             raise KafkaUnavailable(f"the brokers refused the message ({exc.__class__.__name__})") from None
         self.metrics.publish_latency.observe(time.perf_counter() - began)
         return meta
+
+
+class PresenceSender:
+    """Sends presence records on the publisher's producer (acks=all), each within the publish timeout."""
+
+    def __init__(self, publisher: "Publisher", topic: str) -> None:
+        self.publisher, self.topic = publisher, topic
+
+    async def __call__(self, value: bytes, key: bytes | None, partition: int | None) -> None:
+        producer = self.publisher._producer
+        if producer is None:
+            raise KafkaUnavailable("not connected to the Kafka brokers yet")
+        async with asyncio.timeout(self.publisher.settings.publish_timeout):
+            await producer.send_and_wait(self.topic, value, key=key, partition=partition)
 
 
 class MetadataProbe:
@@ -314,12 +355,13 @@ class LogReader:
                 return (await consumer.end_offsets([tp]))[tp]
         return found.offset
 
-    async def read(self, partition: int, start: int, stop: int,
-                   timeout: float = 30.0) -> AsyncIterator[ConsumerRecord]:
-        """Records with start <= offset < stop; from the log start if start is gone."""
+    async def read(self, partition: int, start: int, stop: int, timeout: float = 30.0,
+                   topic: str | None = None) -> AsyncIterator[ConsumerRecord]:
+        """Records with start <= offset < stop (of the chat topic unless another is named); from the
+        log start if start is gone."""
         if start >= stop:
             return
-        tp = TopicPartition(self.settings.topic, partition)
+        tp = TopicPartition(topic or self.settings.topic, partition)
         deadline = time.monotonic() + timeout
         async with self._consumer() as consumer:
             consumer.assign([tp])

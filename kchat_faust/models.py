@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import faust
@@ -122,9 +123,36 @@ def parse_compat_body(body: str) -> tuple[str, str]:
     return "anonymous", body
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A join or leave in the chat topic (presence.py writes them): a room's stream shows it, nothing
+    counts it."""
+
+    id: str
+    kind: str  # "join" | "leave"
+    room: str
+    user: str
+    at: str
+
+
+def encode_presence(msg_id: str, kind: str, room: str, user: str, timestamp_ms: int) -> bytes:
+    at = datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return orjson.dumps({"id": msg_id, "presence": kind, "room": room, "user": user, "at": at})
+
+
+def presence_json(p: Presence, partition: int, offset: int) -> dict:
+    return {"room": p.room, "user": p.user, "at": p.at, "event_id": event_id(partition, offset)}
+
+
+def _text(value: object) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 stream can carry.
+    text = str(value)
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def decode_record(value: bytes | None, partition: int, offset: int,
-                  timestamp_ms: int | None, default_room: str) -> ChatMessage | None:
-    """Turn a chatroom record into a message.
+                  timestamp_ms: int | None, default_room: str) -> ChatMessage | Presence | None:
+    """Turn a chatroom record into a message (or a presence event).
 
     Records that are not our JSON (the tutorial's console producer writes plain lines)
     are shown in the default room rather than dropped, parsed as "<name>: <text>".
@@ -133,9 +161,13 @@ def decode_record(value: bytes | None, partition: int, offset: int,
         return None
     try:
         data = json.loads(value)
-        if isinstance(data, dict) and {"id", "room", "user", "text", "sent_at"} <= data.keys():
-            return ChatMessage(id=str(data["id"]), room=str(data["room"]), user=str(data["user"]),
-                               text=str(data["text"]), sent_at=str(data["sent_at"]))
+        if isinstance(data, dict):
+            if {"id", "room", "user", "text", "sent_at"} <= data.keys():
+                return ChatMessage(id=_text(data["id"]), room=_text(data["room"]), user=_text(data["user"]),
+                                   text=_text(data["text"]), sent_at=_text(data["sent_at"]))
+            if data.get("presence") in ("join", "leave") and {"id", "room", "user", "at"} <= data.keys():
+                return Presence(id=_text(data["id"]), kind=data["presence"], room=_text(data["room"]),
+                                user=_text(data["user"]), at=_text(data["at"]))
     except (ValueError, UnicodeDecodeError):
         pass
     text = value.decode("utf-8", errors="replace")

@@ -9,18 +9,19 @@ import asyncio
 import functools
 import json
 import logging
+import time
 
 import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from faust.web import Blueprint, View
 
-from . import peers
+from . import peers, rooms
 from .auth import check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
-from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, encode, message_json,
-                     new_message, parse_compat_body, parse_event_id)
+from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, check_user, encode,
+                     message_json, new_message, parse_compat_body, parse_event_id)
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("kchat")
@@ -183,7 +184,13 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     hub, settings = view.app.hub, view.settings
     token = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     after = parse_event_id(token) if token else None
-    token_subject(request, settings.jwt_secret)
+    # Who is watching: the token's user when authentication is on, else whom ?user= names;
+    # without either the stream is anonymous (counted in the room's presence, not listed).
+    subject = token_subject(request, settings.jwt_secret)
+    named = request.query.get("user")
+    if subject is not None and named is not None and named != subject:
+        raise ValidationError("user", f"this token belongs to {subject!r}")
+    user = subject if subject is not None else (check_user(named) if named is not None and not compat else None)
     if not hub.ready:
         return error(503, "the fan-out reader is not connected to Kafka yet; retry shortly")
     if settings.max_streams and hub.subscriber_count >= settings.max_streams:
@@ -195,11 +202,13 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     view.app.metrics.subscriptions.inc()
     if after is not None:
         view.app.metrics.resumes.inc()
+    session = None
     try:
         if after is not None and after[0] != sub.partition:
             raise ValidationError("last_event_id", f"{token!r} does not belong to room {room!r}")
         async with sse_response(request, headers={"X-Accel-Buffering": "no"},
                                 response_cls=ChatEventStream) as resp:
+            session = view.app.sessions.start_session(room, user)
             await hub.stream(sub, after[1] if after is not None else None, resp.write,
                              request.transport, resp.headers.get("Transfer-Encoding") == "chunked")
         return resp
@@ -210,6 +219,8 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
         raise
     finally:
         hub.unsubscribe(sub)
+        if session is not None:
+            view.app.sessions.end_session(session)
 
 
 @blueprint.route("/api/rooms/{room}/events", name="room_events")
@@ -224,6 +235,36 @@ class SeedEvents(KchatView):
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         return await stream_events(self, request, self.settings.default_room, compat=True)
+
+
+# -- rooms: directory, trending, presence -------------------------------------------------
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@blueprint.route("/api/rooms", name="rooms")
+class Rooms(KchatView):
+    async def get(self, request: web.Request) -> web.Response:
+        if _local_scope(request):
+            return fast_json(peers.local_rooms(self.app))
+        return fast_json({"rooms": await peers.directory(self.app, now_ms())})
+
+
+@blueprint.route("/api/rooms/trending", name="trending")
+class Trending(KchatView):
+    async def get(self, request: web.Request) -> web.Response:
+        return fast_json({"window_minutes": rooms.TRENDING_WINDOWS,
+                          "rooms": rooms.trending(await peers.directory(self.app, now_ms()))})
+
+
+@blueprint.route("/api/rooms/{room}/presence", name="room_presence")
+class RoomPresence(KchatView):
+    async def get(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        token_subject(request, self.settings.jwt_secret)
+        if _local_scope(request):
+            return fast_json({"room": room, **peers.local_presence(self.app, room)})
+        return fast_json({"room": room, **await peers.room_presence(self.app, room)})
 
 
 # -- per-user counts ------------------------------------------------------------------

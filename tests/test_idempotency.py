@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from kchat_faust.models import encode, new_message
 from tests.support.chat import Listener, unique, wait_counts
+from tests.support.worker import Worker
 
 pytestmark = pytest.mark.kafka
 
@@ -97,8 +98,9 @@ async def test_a_copy_that_reached_the_log_is_dropped_by_every_reader(kchat_work
     assert await wait_counts(client, kchat_worker.url, {bob: 2}) == {bob: 2}
 
 
-async def test_the_window_a_key_is_remembered_for(worker_factory, client):
-    worker = worker_factory(env={"KCHAT_IDEMPOTENCY_WINDOW": "3"})
+async def test_the_window_a_key_is_remembered_for(own_kafka, tmp_path, client):
+    # A group of its own: every worker of a group must judge copies with the same window.
+    worker = Worker(own_kafka.bootstrap, tmp_path / "w", env={"KCHAT_IDEMPOTENCY_WINDOW": "3"}).start()
     try:
         room, cy = unique("window"), unique("cy")
         first = await keyed_post(client, worker.url, room, cy, "hello", "k")
