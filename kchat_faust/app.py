@@ -3,11 +3,12 @@ agents and table, the services and the web pages.
 
     HTTP POST --> Publisher (idempotent, acks=all) --> chatroom
     chatroom --> Hub (every worker, every partition) --> SSE subscribers
-    chatroom --> counting agents --> table user_counts --> GET /stats/users
+    chatroom --> counting agents --> tables user_counts, room_activity --> /stats/users, /api/rooms
+    event streams --> chatroom-presence --> presence agent --> table presence, join/leave --> chatroom
 
 `faust -A kchat_faust worker` builds it from the environment (kchat_faust/__init__.py).
 Everything a view needs hangs off the app object: app.settings, app.publisher, app.hub,
-app.counts, app.metrics, app.rate_limiter.
+app.brokers, app.counts, app.rooms, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import logging
 
 import faust
 
-from . import counting, metrics, web
+from . import counting, metrics, presence, rooms, web
+from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
-from .kafka_io import KafkaRecordSource, KchatTransport, LogReader, Publisher
+from .kafka_io import (KafkaRecordSource, KchatTransport, LogReader, MetadataProbe, PresenceSender, Publisher,
+                       StopBudget)
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("kchat")
@@ -32,8 +35,13 @@ class KchatApp(faust.App):
     metrics: metrics.Metrics
     publisher: Publisher
     hub: Hub
+    brokers: BrokerWatch
     counts: counting.LocalCounts
+    rooms: rooms.LocalRooms
+    sessions: presence.Sessions
+    presence_table: object
     rate_limiter: RateLimiter
+    stop_budget: StopBudget
 
     def _new_transport(self) -> KchatTransport:
         return KchatTransport(self.conf.broker_consumer, self)
@@ -44,9 +52,24 @@ class KchatApp(faust.App):
     def _new_web(self) -> web.KchatWeb:
         return web.KchatWeb(self)
 
+    async def on_stop(self) -> None:
+        self.stop_budget.start()
+        await super().on_stop()
+
+    async def _stop_consumer(self) -> None:
+        # Faust waits for the agents' in-flight events, and their commit: forever without brokers.
+        await self.stop_budget.within("the agents' last events could not be finished", super()._stop_consumer)
+
+    def on_init_dependencies(self):
+        # The broker watch first: its log gate must be on before Faust's clients start retrying,
+        # and with the brokers down at start the app's own services never start (they wait for
+        # table recovery).
+        return [self.brokers, *super().on_init_dependencies()]
+
     def readiness(self) -> dict[str, bool]:
         recovery = self.tables.recovery
         return {
+            "brokers": self.brokers.reachable,
             "producer": self.publisher.connected,
             "fanout": self.hub.ready,
             "tables": recovery.completed.is_set() and not recovery.in_recovery,
@@ -75,8 +98,12 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         # would be counted. Refresh often enough that a new topic joins the assignment at once.
         consumer_metadata_max_age_ms=5000,
         logging_config=settings.logging_config(),
+        # mode turns each write to stderr into a log line of its own: a traceback printed there
+        # came out one line (often one character) per record. Let stderr be stderr.
+        worker_redirect_stdouts=False,
     )
     app.settings = settings
+    app.stop_budget = StopBudget()
     app.metrics = metrics.Metrics()
     app.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
 
@@ -91,9 +118,16 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         internal=True,
         config={"min.insync.replicas": str(settings.min_insync_replicas)},
     )
-    app.counts = counting.setup(app, chat_topic)
-    app.publisher = app.service(Publisher(settings, app.metrics))
+    app.rooms = rooms.setup(app)
+    app.counts = counting.setup(app, chat_topic, on_message=app.rooms.tally)
+    app.presence_table = presence.setup(app, chat_topic)
+    app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
+    app.sessions = app.service(presence.Sessions(
+        PresenceSender(app.publisher, f"{settings.topic}-presence"), settings.partitions,
+        heartbeat=settings.presence_timeout / presence.HEARTBEATS_PER_TIMEOUT, stop_wait=app.stop_budget.left))
     app.hub = app.service(Hub(settings, KafkaRecordSource(settings), LogReader(settings), app.metrics))
+    probe = MetadataProbe(settings)
+    app.brokers = BrokerWatch(probe, close=probe.close)
     web.setup(app)
     metrics.install(app)
 

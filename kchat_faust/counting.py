@@ -6,15 +6,19 @@
 Regrouping by user makes the table co-partitioned with the stream that updates it. Faust is
 at-least-once: after a crash or a rebalance, records since the last commit come again. Each
 table entry keeps, with the count, the highest chatroom offset counted per partition, so a
-replayed record is recognised and not counted twice (see `counted`).
+replayed record is recognised and not counted twice (see `counted`), which needs the records
+routed in order (inorder.py). A record that copies an earlier one (a retried publish, see
+copies.py) is not routed at all, nor are presence events.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import faust
+from faust.types import TP
 
-from .models import decode_record
+from .inorder import InOrder
+from .models import ChatMessage, decode_record, keyed_id_of
 
 if TYPE_CHECKING:
     from .app import KchatApp
@@ -71,8 +75,34 @@ class LocalCounts:
         self.counts = None
 
 
-def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
-    """Declare the regrouped topic, the table and the two agents on app."""
+class Router:
+    """route_by_user's rule for one record: copies (copies.py) and presence events are not routed."""
+
+    def __init__(self, send: Callable[[str, int, int], Awaitable[None]], judge: Callable[[int], object],
+                 default_room: str, on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> None:
+        self.send, self.judge_for, self.default_room = send, judge, default_room
+        self.on_message = on_message  # (room, partition, offset, timestamp): the room directory's tally
+        self.judges: dict[int, object] = {}
+
+    def reset(self) -> None:
+        self.judges.clear()
+
+    async def route(self, partition: int, offset: int, timestamp: int, value: bytes | None) -> None:
+        judge = self.judges.get(partition)
+        if judge is None:
+            judge = self.judges[partition] = self.judge_for(partition)
+        if await judge.is_copy(offset, timestamp, keyed_id_of(value)):
+            return  # a retried publish's second record: the first one counts
+        msg = decode_record(value, partition, offset, timestamp, self.default_room)
+        if isinstance(msg, ChatMessage):
+            self.on_message(msg.room, partition, offset, timestamp)
+            await self.send(msg.user, partition, offset)
+
+
+def setup(app: "KchatApp", chat_topic: faust.TopicT,
+          on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> LocalCounts:
+    """Declare the regrouped topic, the table and the two agents on app; on_message(room, partition,
+    offset, timestamp) is told of every message route_by_user routes (the room directory tallies it)."""
     settings = app.settings
     by_user_topic = app.topic(
         f"{settings.topic}-by-user",
@@ -94,15 +124,22 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
     )
     local = LocalCounts(table)
 
+    async def send(user: str, partition: int, offset: int) -> None:
+        await by_user_topic.send(key=user, value=Counted(user=user, partition=partition, offset=offset))
+
+    def committed(partition: int) -> int | None:
+        # Where Faust resumed the partition after its last assignment (it seeks there).
+        return app.consumer._committed_offset.get(TP(settings.topic, partition))
+
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_message)
+    in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
+                       committed)
+
     @app.agent(chat_topic, name="kchat_faust.counting.route_by_user")
     async def route_by_user(stream):
         async for event in stream.events():
             m = event.message
-            msg = decode_record(event.value, m.partition, m.offset, int(m.timestamp * 1000),
-                                settings.default_room)
-            if msg is not None:
-                await by_user_topic.send(key=msg.user,
-                                         value=Counted(user=msg.user, partition=m.partition, offset=m.offset))
+            await in_order.take(m.partition, m.offset, int(m.timestamp * 1000), event.value)
 
     @app.agent(by_user_topic, name="kchat_faust.counting.count_messages")
     async def count_messages(stream):
@@ -114,6 +151,8 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT) -> LocalCounts:
 
     async def forget(*args, **kwargs) -> None:
         local.invalidate()  # the table may have changed under the snapshot
+        router.reset()
+        in_order.reset()
 
     app.on_partitions_revoked.connect(forget)
     app.on_partitions_assigned.connect(forget)

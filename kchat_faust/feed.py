@@ -72,9 +72,12 @@ class RoomFeed:
                 data = wire.get(key)
                 if data is None:
                     payload = b"".join(frames.render(sub.compat) for _, frames in batch)
-                    # The response is already streaming: frame the bytes as aiohttp would.
-                    data = wire[key] = b"%x\r\n%b\r\n" % (len(payload), payload) if sub.chunked else payload
-                transport.write(data)
+                    # The response is already streaming: frame the bytes as aiohttp would (an empty
+                    # chunk would end the response: a batch of presence events for a seed stream).
+                    data = wire[key] = (b"%x\r\n%b\r\n" % (len(payload), payload)
+                                        if sub.chunked and payload else payload)
+                if data:
+                    transport.write(data)
                 sub.cursor, sub.last_offset = end, last_offset
                 direct += 1
             else:
@@ -155,7 +158,9 @@ class Subscriber:
             for offset, frames in islice(feed.frames, self.cursor - feed.start, None):
                 if offset > last:
                     last = offset
-                    chunk.append(frames.render(self.compat))
+                    frame = frames.render(self.compat)
+                    if frame:
+                        chunk.append(frame)
             self.cursor, self.last_offset = feed.end, last
             if chunk:
                 feed.metrics.delivered.inc(len(chunk))

@@ -10,12 +10,18 @@ its room's partition at that moment; everything before that position is read bac
 log (a RangeReader), everything after arrives live. Offsets order both, so the seam has no
 gap and no duplicate.
 
+Copies: the hub remembers where it saw each keyed message id (copies.CopyIndex) and drops a
+record that copies an earlier one, live, in resume and in history; counting asks it too
+(Judge). At start it reads one window of the log back, so that it can judge from the first
+live record on.
+
 Both sources are small interfaces, so tests drive the hub with in-memory records.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
@@ -23,10 +29,11 @@ import mode
 from aiokafka.errors import KafkaError
 
 from .config import Settings
+from .copies import CopyIndex
 from .feed import RoomFeed, Subscriber
 from .limits import MAX_HISTORY_SCAN
 from .metrics import Metrics
-from .models import decode_record, event_id, message_json, partition_for
+from .models import ChatMessage, decode_record, event_id, keyed_id_of, message_json, partition_for
 from .sse import Frames
 
 log = logging.getLogger(__name__)
@@ -64,10 +71,39 @@ class RangeReader(Protocol):
     async def bounds(self, partition: int) -> tuple[int, int]:
         """The partition's first offset and its end (the offset the next record will get)."""
 
+    async def offset_at(self, partition: int, timestamp_ms: int) -> int:
+        """The first offset whose record is at least that recent (the end if none is)."""
+
     def read(self, partition: int, start: int, stop: int) -> AsyncIterator[Record]:
         """Records with start <= offset < stop, from the log start if start is gone."""
 
     async def close(self) -> None: ...
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Judge:
+    """Copy decisions for one reader going through one partition in offset order: the hub's index
+    where it knows the record's window, else an index of the reader's own, seeded by reading the
+    window before the first record it could not judge. Ask about every record, copies or not."""
+
+    __slots__ = ("hub", "partition", "own")
+
+    def __init__(self, hub: "Hub", partition: int) -> None:
+        self.hub, self.partition = hub, partition
+        self.own: CopyIndex | None = None
+
+    async def is_copy(self, offset: int, timestamp: int, msg_id: str | None) -> bool:
+        if self.own is None:
+            if msg_id is None:
+                return False
+            known = self.hub.copies.is_copy(self.partition, offset, timestamp, msg_id)
+            if known is not None:
+                return known
+            self.own = await self.hub.index_before(self.partition, offset, timestamp)
+        return self.own.observe(self.partition, offset, timestamp, msg_id)
 
 
 class Hub(mode.Service):
@@ -80,6 +116,8 @@ class Hub(mode.Service):
         self.metrics = metrics
         self.rooms: dict[str, RoomFeed] = {}
         self.positions: dict[int, int] = {}  # partition -> next offset the hub will dispatch
+        self.copies = CopyIndex(int(settings.idempotency_window * 1000))
+        self._reached: dict[int, list[tuple[int, asyncio.Future]]] = {}  # partition -> waiters
         self.subscriber_count = 0
         self.ready = False
 
@@ -138,7 +176,7 @@ class Hub(mode.Service):
         # The client has everything up to after_offset; this worker's reader may be behind the
         # one that handed out the token, so the live feed must skip those offsets too.
         sub.last_offset = after_offset
-        records = self.reader.read(sub.partition, after_offset + 1, sub.live_from)
+        records = self.originals(sub.partition, self.reader.read(sub.partition, after_offset + 1, sub.live_from))
         async with aclosing(records):
             async for record in records:
                 msg = decode_record(record.value, record.partition, record.offset,
@@ -146,8 +184,10 @@ class Hub(mode.Service):
                 if msg is None or msg.room != sub.room:
                     continue
                 sub.last_offset = record.offset
-                self.metrics.delivered.inc()
-                yield Frames(msg, record.partition, record.offset).render(sub.compat)
+                frame = Frames(msg, record.partition, record.offset).render(sub.compat)
+                if frame:
+                    self.metrics.delivered.inc()
+                    yield frame
 
     async def recent(self, room: str, limit: int) -> tuple[list[dict], str]:
         """The room's last `limit` messages, read back from the log, oldest first, and the resume
@@ -165,16 +205,101 @@ class Hub(mode.Service):
         while stop > begin and len(found) < limit and end - stop < MAX_HISTORY_SCAN:
             start = max(begin, stop - window)
             chunk = []
-            records = self.reader.read(partition, start, stop)
+            records = self.originals(partition, self.reader.read(partition, start, stop))
             async with aclosing(records):
                 async for r in records:
                     msg = decode_record(r.value, r.partition, r.offset, r.timestamp,
                                         self.settings.default_room)
-                    if msg is not None and msg.room == room:
+                    if isinstance(msg, ChatMessage) and msg.room == room:
                         chunk.append(message_json(msg, r.partition, r.offset))
             found = chunk + found
             stop, window = start, window * 4
         return found[-limit:], event_id(partition, end - 1)
+
+    # -- copies -------------------------------------------------------------------------
+    def judge(self, partition: int) -> Judge:
+        return Judge(self, partition)
+
+    async def originals(self, partition: int, records: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        """The records of one partition (in offset order) that are not copies."""
+        judge = self.judge(partition)
+        async with aclosing(records):
+            async for record in records:
+                if not await judge.is_copy(record.offset, record.timestamp, keyed_id_of(record.value)):
+                    yield record
+
+    async def index_before(self, partition: int, offset: int, timestamp: int) -> CopyIndex:
+        """An index of the keyed records of the window before (partition, offset), read from the log."""
+        window = self.copies.window_ms
+        start = min(offset, await self.reader.offset_at(partition, timestamp - window))
+        index = CopyIndex(window)
+        index.start(partition, start, horizon_ts=timestamp - window)
+        records = self.reader.read(partition, start, offset)
+        async with aclosing(records):
+            async for r in records:
+                index.observe(partition, r.offset, r.timestamp, keyed_id_of(r.value))
+        return index
+
+    async def stored(self, room: str, msg_id: str) -> dict | None:
+        """The message with this id stored in the room within a window before now, if any: what a
+        retry of its publish is answered with."""
+        partition = self.partition_for(room)
+        found = self.copies.original(partition, msg_id, now_ms())
+        return await self._message_at(partition, found[0]) if found is not None else None
+
+    async def original_of(self, room: str, partition: int, offset: int, msg_id: str,
+                          timeout: float) -> dict | None:
+        """For a keyed message just stored at (partition, offset): once the hub has read it, the
+        earlier message it copies (the one every reader shows), or None if it copies none --
+        or if the hub could not tell within `timeout` seconds."""
+        if not await self.reached(partition, offset + 1, timeout):
+            return None
+        found = self.copies.chain_start(partition, offset, msg_id)
+        if found is None or found[0] == offset:
+            return None
+        return await self._message_at(partition, found[0])
+
+    async def _message_at(self, partition: int, offset: int) -> dict | None:
+        async for r in self.reader.read(partition, offset, offset + 1):
+            msg = decode_record(r.value, r.partition, r.offset, r.timestamp, self.settings.default_room)
+            return message_json(msg, r.partition, r.offset) if isinstance(msg, ChatMessage) else None
+        return None
+
+    async def reached(self, partition: int, position: int, timeout: float) -> bool:
+        """Wait until the hub has read the partition up to `position`; False after `timeout` s."""
+        if self.positions.get(partition, 0) >= position:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._reached.setdefault(partition, []).append((position, future))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._reached.get(partition, [])
+            if (position, future) in waiters:
+                waiters.remove((position, future))
+
+    def _wake_reached(self) -> None:
+        for partition, waiters in self._reached.items():
+            position = self.positions.get(partition, 0)
+            for at, future in waiters:
+                if at <= position and not future.done():
+                    future.set_result(None)
+
+    async def _read_back_window(self) -> None:
+        """Before the first live record: read one window of every partition into the copy index."""
+        window = self.copies.window_ms
+        horizon = now_ms() - window
+        for partition, position in self.positions.items():
+            start = min(position, await self.reader.offset_at(partition, horizon))
+            self.copies.start(partition, start, horizon_ts=horizon)
+            records = self.reader.read(partition, start, position)
+            async with aclosing(records):
+                async for r in records:
+                    self.copies.observe(partition, r.offset, r.timestamp, keyed_id_of(r.value))
 
     @mode.Service.task
     async def _keepalive(self) -> None:
@@ -193,7 +318,10 @@ class Hub(mode.Service):
         while not self.should_stop:
             try:
                 # Reconnecting: continue where we were, so live subscribers miss nothing.
+                first = not self.positions
                 self.positions.update(await self.source.open(self.positions))
+                if first:
+                    await self._read_back_window()
                 self.ready = True
                 log.info("fan-out reader: reading all %d partitions of %r",
                          len(self.positions), self.settings.topic)
@@ -221,6 +349,10 @@ class Hub(mode.Service):
         while not self.should_stop:
             for record in await self.source.fetch(batch_size):
                 self.positions[record.partition] = record.offset + 1
+                if self.copies.observe(record.partition, record.offset, record.timestamp,
+                                       keyed_id_of(record.value)):
+                    self.metrics.copies.inc()
+                    continue
                 # Only records of watched rooms are decoded beyond the cheap check.
                 if not self.rooms:
                     continue
@@ -234,4 +366,6 @@ class Hub(mode.Service):
             for feed, batch_start in touched.items():
                 feed.deliver(batch_start)
             touched.clear()
+            if self._reached:
+                self._wake_reached()
             await asyncio.sleep(0)

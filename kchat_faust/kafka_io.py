@@ -3,6 +3,7 @@ Faust's own consumer fetches.
 
 Publisher: an idempotent acks=all producer, so a 2xx means the brokers have the message.
 KafkaRecordSource: the hub's group-less consumer, assigned every partition of the chat topic.
+MetadataProbe: whether any broker answers (for BrokerWatch and /readyz).
 LogReader: group-less consumers that read a range of one partition (resume, history).
 KchatTransport: Faust's own Kafka transport, with its consumer (the counting agents') fetching in
 batches and its producer flushing everything before Faust commits offsets.
@@ -17,6 +18,7 @@ from typing import AsyncIterator, Mapping
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from faust.transport.drivers import aiokafka as faust_kafka
@@ -32,9 +34,69 @@ log = logging.getLogger(__name__)
 # worker spent 80% of a core, and 39% once fetches waited for a batch (300 msg/s: 100% -> 79%).
 COUNTING_FETCH_MIN_BYTES = 64 * 1024
 COUNTING_FETCH_MAX_WAIT_MS = 100
+# How long a stopping worker may wait on Kafka, all its steps together: with the brokers gone
+# Faust would wait forever for its last events' commit (a SIGTERMed worker was still waiting
+# after 20 minutes), aiokafka for every batch in flight. It must still stop within seconds.
+STOP_BUDGET = 3.0
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """consumer.stop(), surviving aiokafka's own cancellation of its fetch requests.
+
+    aiokafka (0.14) Fetcher.close() cancels the fetch requests still pending and awaits them
+    without suppressing their CancelledError; with the brokers gone one is always pending, so
+    stop() raises CancelledError although nobody cancelled us.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we really are being cancelled
+
+
+class StopBudget:
+    """One budget of seconds for every step of a worker's stop that waits on Kafka."""
+
+    def __init__(self, seconds: float = STOP_BUDGET) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def start(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        self.start()
+        return max(0.1, self.deadline - time.monotonic())
+
+    async def within(self, what: str, stop) -> bool:
+        """Await stop() for what is left of the budget; say so in one line if that was not enough."""
+        try:
+            async with asyncio.timeout(self.left()):
+                await stop()
+        except TimeoutError:
+            pass
+        # Faust's own code may swallow the cancellation and return: the clock tells either way.
+        if time.monotonic() < self.deadline:
+            return True
+        log.warning("stopping: %s (brokers unreachable?); not waiting longer", what)
+        return False
 
 
 class _BatchingConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    async def on_thread_stop(self) -> None:
+        # Faust stops its aiokafka consumer here. The CancelledError that aiokafka lets escape
+        # (see stop_consumer) used to kill this thread before it signalled its shutdown, and the
+        # worker then waited out mode's 60 s stop timeout, with the thread's traceback written to
+        # the log one stderr write (often one character) per line.
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         # Faust passes no fetch_min_bytes and a fixed fetch_max_wait_ms of 1.5 s; aiokafka hands
@@ -48,9 +110,22 @@ class _BatchingConsumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> _BatchingConsumerThread:
         return _BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def on_stop(self) -> None:
+        # Faust waits here for the agents' last events and commits them: forever without brokers.
+        # What is not committed is processed again on the next start (at-least-once).
+        await self.app.stop_budget.within("the agents' last offsets could not be committed", super().on_stop)
+
 
 class _FlushingProducer(faust_kafka.Producer):
     async def flush(self) -> None:
+        if self.app.should_stop:
+            # Faust flushes once more when the app stops. Whatever is not written by then was
+            # never covered by a commit (see _drain), so it is counted again on the next start.
+            await self.app.stop_budget.within("the counts' changelog writes could not be flushed", self._drain)
+        else:
+            await self._drain()
+
+    async def _drain(self) -> None:
         # Faust flushes the producer before it commits offsets, but its buffer of table
         # changelog writes stops flushing after 0.1 s without progress, busy or not. A commit
         # could then cover a count whose changelog write was still queued, and a worker killed
@@ -59,6 +134,10 @@ class _FlushingProducer(faust_kafka.Producer):
         while self.buffer.size:
             await self.buffer.flush()
         await super().flush()
+
+    async def on_stop(self) -> None:
+        # aiokafka's stop() waits for every batch in flight, up to Faust's 20-minute request timeout.
+        await self.app.stop_budget.within("Faust's producer could not deliver what it still held", super().on_stop)
 
 
 class KchatTransport(faust_kafka.Transport):
@@ -71,10 +150,12 @@ class KafkaUnavailable(Exception):
 
 
 class Publisher(mode.Service):
-    def __init__(self, settings: Settings, metrics: Metrics, **kwargs) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, stop_budget: StopBudget | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
+        self.stop_budget = stop_budget or StopBudget()
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -107,10 +188,12 @@ class Publisher(mode.Service):
             return
 
     async def on_stop(self) -> None:
-        if self._producer is not None:
-            # stop() flushes what is still buffered before closing.
-            await self._producer.stop()
-            self._producer = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # stop() flushes what is still buffered before closing. Their publishers have been
+            # (or will be) answered 503, "not confirmed", if it cannot.
+            await self.stop_budget.within("the publisher could not deliver the messages it still held",
+                                          producer.stop)
 
     async def publish(self, room: str, value: bytes) -> RecordMetadata:
         if self._producer is None:
@@ -129,6 +212,48 @@ class Publisher(mode.Service):
             raise KafkaUnavailable(f"the brokers refused the message ({exc.__class__.__name__})") from None
         self.metrics.publish_latency.observe(time.perf_counter() - began)
         return meta
+
+
+class PresenceSender:
+    """Sends presence records on the publisher's producer (acks=all), each within the publish timeout."""
+
+    def __init__(self, publisher: "Publisher", topic: str) -> None:
+        self.publisher, self.topic = publisher, topic
+
+    async def __call__(self, value: bytes, key: bytes | None, partition: int | None) -> None:
+        producer = self.publisher._producer
+        if producer is None:
+            raise KafkaUnavailable("not connected to the Kafka brokers yet")
+        async with asyncio.timeout(self.publisher.settings.publish_timeout):
+            await producer.send_and_wait(self.topic, value, key=key, partition=partition)
+
+
+class MetadataProbe:
+    """Asks any broker for the cluster's metadata, the cheapest question every broker answers:
+    how BrokerWatch tells whether this worker can reach the brokers at all. A client of its
+    own, so it works before Faust and the publisher have started (e.g. brokers down at start)."""
+
+    def __init__(self, settings: Settings, timeout: float = 2.0) -> None:
+        self.settings, self.timeout = settings, timeout
+        self._client: AIOKafkaClient | None = None
+
+    async def __call__(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            if self._client is None:
+                client = AIOKafkaClient(**self.settings.aiokafka_options(), client_id="kchat-probe",
+                                        request_timeout_ms=int(self.timeout * 1000))
+                try:
+                    await client.bootstrap()
+                except BaseException:
+                    await client.close()
+                    raise
+                self._client = client
+            await self._client.fetch_all_metadata()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 class KafkaRecordSource:
@@ -177,7 +302,7 @@ class KafkaRecordSource:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
 
 class LogReader:
@@ -209,11 +334,11 @@ class LogReader:
                 if ok:
                     self._idle.append(consumer)
                 else:
-                    await consumer.stop()
+                    await stop_consumer(consumer)
 
     async def close(self) -> None:  # the pooled consumers
         while self._idle:
-            await self._idle.pop().stop()
+            await stop_consumer(self._idle.pop())
 
     async def bounds(self, partition: int) -> tuple[int, int]:
         tp = TopicPartition(self.settings.topic, partition)
@@ -222,12 +347,21 @@ class LogReader:
             end = (await consumer.end_offsets([tp]))[tp]
         return begin, end
 
-    async def read(self, partition: int, start: int, stop: int,
-                   timeout: float = 30.0) -> AsyncIterator[ConsumerRecord]:
-        """Records with start <= offset < stop; from the log start if start is gone."""
+    async def offset_at(self, partition: int, timestamp_ms: int) -> int:
+        tp = TopicPartition(self.settings.topic, partition)
+        async with self._consumer() as consumer:
+            found = (await consumer.offsets_for_times({tp: max(0, timestamp_ms)}))[tp]
+            if found is None:  # nothing that recent: the end
+                return (await consumer.end_offsets([tp]))[tp]
+        return found.offset
+
+    async def read(self, partition: int, start: int, stop: int, timeout: float = 30.0,
+                   topic: str | None = None) -> AsyncIterator[ConsumerRecord]:
+        """Records with start <= offset < stop (of the chat topic unless another is named); from the
+        log start if start is gone."""
         if start >= stop:
             return
-        tp = TopicPartition(self.settings.topic, partition)
+        tp = TopicPartition(topic or self.settings.topic, partition)
         deadline = time.monotonic() + timeout
         async with self._consumer() as consumer:
             consumer.assign([tp])

@@ -21,3 +21,9 @@ MAX_HISTORY_SCAN = 200_000
 EVENT_ID_PATTERN = r"[0-9]+:-?[0-9]+"
 # The event id of a stored message (never -1).
 STORED_EVENT_ID_PATTERN = r"[0-9]+:[0-9]+"
+
+# Idempotency-Key: visible ASCII, as HTTP header values and payment APIs' keys are. A retry with
+# the same key within the window (KCHAT_IDEMPOTENCY_WINDOW, seconds) of the previous attempt
+# that reached the log is the same message.
+IDEMPOTENCY_KEY_PATTERN = r"[!-~]{1,128}"
+IDEMPOTENCY_WINDOW = 600.0

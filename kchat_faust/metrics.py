@@ -38,6 +38,10 @@ class Metrics:
                                         "Subscribers disconnected because their buffer was full", registry=registry)
         self.resumes = Counter("kchat_resumes", "Event streams opened with a Last-Event-ID", registry=registry)
         self.subscriptions = Counter("kchat_subscriptions", "Event streams opened", registry=registry)
+        self.replays = Counter("kchat_idempotent_replays", "Publishes answered with the message an earlier "
+                               "attempt with the same Idempotency-Key stored", registry=registry)
+        self.copies = Counter("kchat_copies_dropped", "Records the fan-out dropped as copies of an earlier "
+                              "record with the same Idempotency-Key", registry=registry)
 
 
 class KchatCollector(Collector):

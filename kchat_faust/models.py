@@ -1,18 +1,26 @@
 """The chat message: its validation, its bytes on Kafka, and its resume token."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import faust
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-from .limits import EVENT_ID_PATTERN, MAX_USER, ROOM_PATTERN
+from .limits import EVENT_ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, MAX_USER, ROOM_PATTERN
 
 ROOM_RE = re.compile(ROOM_PATTERN)
 _EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
+_IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
+# A keyed message's id: "k" and 32 hex digits; encode() puts it first, so the hub can tell a
+# keyed record from its first bytes without decoding it.
+_KEYED_PREFIX = b'{"id":"k'
+_KEYED_END = len(b'{"id":"') + 33
 # Newlines and tabs are part of chat text; other control characters only ever garble terminals.
 _BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -22,6 +30,10 @@ class ValidationError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class KeyReused(ValidationError):
+    """An Idempotency-Key sent again with another message (422)."""
 
 
 class ChatMessage(faust.Record, serializer="json", include_metadata=False):
@@ -66,14 +78,41 @@ def check_text(text: object, max_text: int) -> str:
     return text
 
 
-def new_message(room: str, user: object, text: object, max_text: int) -> ChatMessage:
+def check_idempotency_key(key: object) -> str:
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ValidationError("Idempotency-Key", "must be 1-128 visible ASCII characters")
+    return key
+
+
+def keyed_id(room: str, user: str, key: str) -> str:
+    """The id of the message that `user` publishes in `room` with this Idempotency-Key: every
+    retry, through whichever worker, names the same message."""
+    digest = hashlib.sha256("\0".join((room, user, key)).encode()).hexdigest()
+    return "k" + digest[:32]
+
+
+def keyed_id_of(value: bytes | None) -> str | None:
+    """The id of a keyed message from its record bytes (as encode() wrote them), else None."""
+    if value is not None and value.startswith(_KEYED_PREFIX) and value[_KEYED_END:_KEYED_END + 1] == b'"':
+        return value[7:_KEYED_END].decode()
+    return None
+
+
+def new_message(room: str, user: object, text: object, max_text: int, key: str | None = None) -> ChatMessage:
+    room, user = check_room(room), check_user(user)
     return ChatMessage(
-        id=uuid.uuid4().hex,
-        room=check_room(room),
-        user=check_user(user),
+        id=keyed_id(room, user, key) if key is not None else uuid.uuid4().hex,
+        room=room,
+        user=user,
         text=check_text(text, max_text),
         sent_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     )
+
+
+def encode(msg: ChatMessage) -> bytes:
+    """A message's bytes on Kafka: compact JSON, id first."""
+    return orjson.dumps({"id": msg.id, "room": msg.room, "user": msg.user, "text": msg.text,
+                         "sent_at": msg.sent_at})
 
 
 def parse_compat_body(body: str) -> tuple[str, str]:
@@ -84,9 +123,36 @@ def parse_compat_body(body: str) -> tuple[str, str]:
     return "anonymous", body
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A join or leave in the chat topic (presence.py writes them): a room's stream shows it, nothing
+    counts it."""
+
+    id: str
+    kind: str  # "join" | "leave"
+    room: str
+    user: str
+    at: str
+
+
+def encode_presence(msg_id: str, kind: str, room: str, user: str, timestamp_ms: int) -> bytes:
+    at = datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return orjson.dumps({"id": msg_id, "presence": kind, "room": room, "user": user, "at": at})
+
+
+def presence_json(p: Presence, partition: int, offset: int) -> dict:
+    return {"room": p.room, "user": p.user, "at": p.at, "event_id": event_id(partition, offset)}
+
+
+def _text(value: object) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 stream can carry.
+    text = str(value)
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def decode_record(value: bytes | None, partition: int, offset: int,
-                  timestamp_ms: int | None, default_room: str) -> ChatMessage | None:
-    """Turn a chatroom record into a message.
+                  timestamp_ms: int | None, default_room: str) -> ChatMessage | Presence | None:
+    """Turn a chatroom record into a message (or a presence event).
 
     Records that are not our JSON (the tutorial's console producer writes plain lines)
     are shown in the default room rather than dropped, parsed as "<name>: <text>".
@@ -95,9 +161,13 @@ def decode_record(value: bytes | None, partition: int, offset: int,
         return None
     try:
         data = json.loads(value)
-        if isinstance(data, dict) and {"id", "room", "user", "text", "sent_at"} <= data.keys():
-            return ChatMessage(id=str(data["id"]), room=str(data["room"]), user=str(data["user"]),
-                               text=str(data["text"]), sent_at=str(data["sent_at"]))
+        if isinstance(data, dict):
+            if {"id", "room", "user", "text", "sent_at"} <= data.keys():
+                return ChatMessage(id=_text(data["id"]), room=_text(data["room"]), user=_text(data["user"]),
+                                   text=_text(data["text"]), sent_at=_text(data["sent_at"]))
+            if data.get("presence") in ("join", "leave") and {"id", "room", "user", "at"} <= data.keys():
+                return Presence(id=_text(data["id"]), kind=data["presence"], room=_text(data["room"]),
+                                user=_text(data["user"]), at=_text(data["at"]))
     except (ValueError, UnicodeDecodeError):
         pass
     text = value.decode("utf-8", errors="replace")

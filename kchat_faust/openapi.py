@@ -8,7 +8,8 @@ from aiohttp import web
 from faust.web import Blueprint, View
 
 from .config import Settings
-from .limits import DEFAULT_HISTORY, EVENT_ID_PATTERN, MAX_HISTORY, MAX_USER, ROOM_PATTERN, STORED_EVENT_ID_PATTERN
+from .limits import (DEFAULT_HISTORY, EVENT_ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, MAX_HISTORY, MAX_USER, ROOM_PATTERN,
+                     STORED_EVENT_ID_PATTERN)
 
 blueprint = Blueprint("openapi")
 ROOM = {"name": "room", "in": "path", "required": True,
@@ -25,6 +26,16 @@ LAST_EVENT_ID = [
 ]
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "A key of the client's choosing: a retry with the same key (within the worker's "
+                   "KCHAT_IDEMPOTENCY_WINDOW of the previous attempt that reached the log) is answered with "
+                   "the message the first attempt stored, which is delivered, counted and shown once",
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN}$"}}
+REPLAYED = {"Idempotent-Replayed": {"description": "`true` when an earlier attempt with the same key stored it",
+                                    "schema": {"type": "string", "enum": ["true"]}}}
+
+
 def _error(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -34,6 +45,7 @@ def _errors(*codes: int) -> dict:
     text = {400: "Invalid input (the body says which field)", 401: "Missing or invalid token (auth on)",
             403: "The token's user differs from the message's user", 404: "No such resource",
             413: "Body too large", 415: "Wrong Content-Type",
+            422: "The Idempotency-Key was used for another message",
             429: "Per-user rate limit; see Retry-After",
             503: "Kafka or another worker did not answer in time; a publish is then NOT confirmed"}
     return {str(c): _error(text[c]) for c in codes}
@@ -56,11 +68,13 @@ def spec(settings: Settings) -> dict:
                 "parameters": [ROOM],
                 "post": {
                     "summary": "Publish a message; answered after the brokers acknowledged it",
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/NewMessage"}}}},
-                    "responses": {"201": {"description": "Stored", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Message"}}}},
-                        **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+                    "responses": {"201": {"description": "Stored", "headers": REPLAYED,
+                                          "content": {"application/json": {
+                                              "schema": {"$ref": "#/components/schemas/Message"}}}},
+                                  **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503)},
                 },
                 "get": {
                     "summary": "The room's last messages, oldest first, read back from Kafka",
@@ -90,10 +104,12 @@ def spec(settings: Settings) -> dict:
                                 "schema": {"type": "string", "enum": [settings.topic]}}],
                 "post": {
                     "summary": "The 2017 tutorial's publish endpoint: text/plain \"<name>: <text>\"",
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
                     "responses": {"200": {"description": "Stored; header X-Kchat-Event-Id names its place",
-                                          "headers": {"X-Kchat-Event-Id": {"schema": {"type": "string"}}}},
-                                  **_errors(400, 401, 403, 404, 413, 415, 429, 503)},
+                                          "headers": {"X-Kchat-Event-Id": {"schema": {"type": "string"}},
+                                                      **REPLAYED}},
+                                  **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503)},
                 },
             },
             "/sse/connect": {
@@ -127,7 +143,8 @@ def spec(settings: Settings) -> dict:
             },
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "Alive", "content": {
                 "application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}}}},
-            "/readyz": {"get": {"summary": "Ready: publisher connected, fan-out reader assigned, tables recovered",
+            "/readyz": {"get": {"summary": "Ready: a broker answered in the last seconds, publisher connected, "
+                                            "fan-out reader assigned, tables recovered",
                                 "responses": {"200": {"description": "Ready", "content": {"application/json": {
                                     "schema": {"$ref": "#/components/schemas/Readiness"}}}},
                                     "503": {"description": "Not ready", "content": {"application/json": {
@@ -154,7 +171,8 @@ def spec(settings: Settings) -> dict:
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
                 "Readiness": {"type": "object", "required": ["ready"],
-                              "properties": {"ready": {"type": "boolean"}, "producer": {"type": "boolean"},
+                              "properties": {"ready": {"type": "boolean"}, "brokers": {"type": "boolean"},
+                                             "producer": {"type": "boolean"},
                                              "fanout": {"type": "boolean"}, "tables": {"type": "boolean"}}},
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

@@ -1,5 +1,6 @@
-"""Counts across workers: each user is counted by exactly one worker, the one whose table holds the
-user's partition; a worker answers for everybody by asking the others over HTTP.
+"""Answers across workers: each user is counted, and each room tallied and attended, by exactly one
+worker, the one whose table holds the key's partition; a worker answers for everybody by asking
+the others over HTTP.
 
 Faust's assignor tells, from the group's last rebalance, which worker (by its advertised URL)
 holds which table partitions. Peers answer with `?scope=local`, from their own share only, and
@@ -15,6 +16,7 @@ import orjson
 from aiohttp import ClientError, ClientTimeout
 from faust.types import TP
 
+from . import presence, rooms
 from .counting import TABLE
 from .models import partition_for
 
@@ -26,11 +28,11 @@ USERS_HEAD = b'{"users":{'
 
 
 class PeerUnavailable(Exception):
-    """Another worker could not give its share of the counts (503: the answer would be incomplete)."""
+    """Another worker could not give its share (503: the answer would be incomplete)."""
 
 
 class NotOwner(Exception):
-    """This worker does not hold that user's partition right now (a rebalance is moving it)."""
+    """This worker does not hold that key's partition right now (a rebalance is moving it)."""
 
 
 def _url(app: "KchatApp") -> str:
@@ -42,10 +44,10 @@ async def _get(app: "KchatApp", url: str, path: str) -> bytes:
         async with app.http_client.get(f"{url}{path}", params={"scope": "local"},
                                        timeout=PEER_TIMEOUT) as r:
             if r.status != 200:
-                raise PeerUnavailable(f"worker {url} answered {r.status} for its counts")
+                raise PeerUnavailable(f"worker {url} answered {r.status} for its share")
             return await r.read()
     except (ClientError, asyncio.TimeoutError) as exc:
-        raise PeerUnavailable(f"worker {url} did not give its counts ({exc.__class__.__name__})") from None
+        raise PeerUnavailable(f"worker {url} did not give its share ({exc.__class__.__name__})") from None
 
 
 async def all_counts_json(app: "KchatApp") -> bytes:
@@ -70,32 +72,85 @@ async def all_counts_json(app: "KchatApp") -> bytes:
     return USERS_HEAD + b",".join(o[1:-1] for o in objects if len(o) > 2) + b"}}"
 
 
-def _partition(app: "KchatApp", user: str) -> int:
-    # Faust writes the table's changelog with the producer's default partitioner on the user's
+def _owners(app: "KchatApp", table: str, partition: int) -> list[str]:
+    return [url.rstrip("/") for url, parts in app.router.table_metadata(table).items()
+            if any(partition in ps for ps in parts.values())]
+
+
+def _holds(app: "KchatApp", table, partition: int) -> bool:
+    # A partition it gave away may still have stale state here: only an active one counts.
+    return app.assignor.is_active(TP(table.changelog_topic.get_topic_name(), partition))
+
+
+async def _from_owner(app: "KchatApp", table_name: str, key: str, path: str, local):
+    """local() if this worker holds the key's partition, else the owner's answer to path?scope=local."""
+    # Faust writes a table's changelog with the producer's default partitioner on the key's
     # bytes: the same rule that puts a room in its chatroom partition.
-    return partition_for(user, app.settings.partitions)
+    owners = _owners(app, table_name, partition_for(key, app.settings.partitions))
+    if not owners:
+        raise PeerUnavailable("no worker holds that part of the state yet (the group is still forming)")
+    if owners[0] == _url(app):
+        return local()
+    body = await _get(app, owners[0], path)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise PeerUnavailable(f"worker {owners[0]} answered in a form this worker does not know") from None
 
 
 def local_count(app: "KchatApp", user: str) -> int:
-    """The user's count from this worker's share; NotOwner unless this worker holds its partition
-    (a partition it gave away may still have stale state here)."""
-    tp = TP(app.counts.table.changelog_topic.get_topic_name(), _partition(app, user))
-    if not app.assignor.is_active(tp):
+    """The user's count from this worker's share; NotOwner unless this worker holds its partition."""
+    if not _holds(app, app.counts.table, partition_for(user, app.settings.partitions)):
         raise NotOwner(f"this worker does not hold the counts of {user!r} right now; retry")
     return app.counts.snapshot().get(user, 0)
 
 
 async def user_count(app: "KchatApp", user: str) -> int:
     """One user's count, asked of the worker that owns the user's partition only."""
-    partition = _partition(app, user)
-    owners = [url.rstrip("/") for url, parts in app.router.table_metadata(TABLE).items()
-              if any(partition in ps for ps in parts.values())]
-    if not owners:
-        raise PeerUnavailable("no worker holds these counts yet (the group is still forming)")
-    if owners[0] == _url(app):
-        return local_count(app, user)
-    body = await _get(app, owners[0], f"/stats/users/{quote(user, safe='')}")
+    body = await _from_owner(app, TABLE, user, f"/stats/users/{quote(user, safe='')}",
+                             lambda: {"count": local_count(app, user)})
     try:
-        return int(orjson.loads(body)["count"])
-    except (ValueError, KeyError, TypeError):
-        raise PeerUnavailable(f"worker {owners[0]} gave a count in a form this worker does not know") from None
+        return int(body["count"])
+    except (KeyError, TypeError, ValueError):
+        raise PeerUnavailable("a worker gave a count in a form this worker does not know") from None
+
+
+def local_presence(app: "KchatApp", room: str) -> dict:
+    if not _holds(app, app.presence_table, partition_for(room, app.settings.partitions)):
+        raise NotOwner(f"this worker does not hold the presence of {room!r} right now; retry")
+    return presence.listing(app.presence_table.get(room))
+
+
+async def room_presence(app: "KchatApp", room: str) -> dict:
+    """Who is in the room, from the worker that holds its presence."""
+    return await _from_owner(app, presence.TABLE, room, f"/api/rooms/{room}/presence",
+                             lambda: local_presence(app, room))
+
+
+def local_rooms(app: "KchatApp") -> dict:
+    """This worker's share of the directory: activity and attendance of the rooms it holds."""
+    online = {}
+    for room, state in app.presence_table.items():
+        if state and room != presence.WORKERS:
+            listed = presence.listing(state)
+            online[room] = len(listed["users"]) + listed["anonymous"]
+    return {"activity": app.rooms.snapshot(), "online": online}
+
+
+async def directory(app: "KchatApp", now_ms: int) -> list[dict]:
+    """Every room with messages or people, from every worker that holds a share."""
+    me = _url(app)
+    others = {url.rstrip("/") for table in (rooms.TABLE, presence.TABLE)
+              for url, parts in app.router.table_metadata(table).items()
+              if url.rstrip("/") != me and any(parts.values())}
+
+    async def fetch(url: str) -> dict:
+        try:
+            return orjson.loads(await _get(app, url, "/api/rooms"))
+        except orjson.JSONDecodeError:
+            raise PeerUnavailable(f"worker {url} answered in a form this worker does not know") from None
+
+    shares = [local_rooms(app), *await asyncio.gather(*(fetch(u) for u in sorted(others)))]
+    activity = {room: state for share in shares for room, state in share["activity"].items()}
+    online = {room: n for share in shares for room, n in share["online"].items()}
+    return rooms.directory(activity, online, now_ms)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from .models import ChatMessage, event_id, message_json
+from .models import ChatMessage, Presence, event_id, message_json, presence_json
 
 # Only CR, LF and CRLF end an SSE line; str.splitlines() would also split on U+2028 and kin,
 # which JSON leaves unescaped inside strings.
@@ -22,16 +22,25 @@ def sse_frame(event: str, data: str, id_: str) -> bytes:
 
 
 class Frames:
-    """A record rendered once per format, shared by every subscriber of its room."""
+    """A record rendered once per format, shared by every subscriber of its room. A presence event
+    is an event `join` or `leave` on native streams, and nothing at all on the seed's."""
 
     __slots__ = ("msg", "partition", "offset", "_native", "_compat")
 
-    def __init__(self, msg: ChatMessage, partition: int, offset: int) -> None:
+    def __init__(self, msg: ChatMessage | Presence, partition: int, offset: int) -> None:
         self.msg, self.partition, self.offset = msg, partition, offset
         self._native: bytes | None = None
         self._compat: bytes | None = None
 
     def render(self, compat: bool) -> bytes:
+        if isinstance(self.msg, Presence):
+            if compat:
+                return b""
+            if self._native is None:
+                data = json.dumps(presence_json(self.msg, self.partition, self.offset),
+                                  ensure_ascii=False, separators=(",", ":"))
+                self._native = sse_frame(self.msg.kind, data, event_id(self.partition, self.offset))
+            return self._native
         if compat:
             if self._compat is None:
                 # The seed's event: name "test", data "<name>: <text>".

@@ -9,17 +9,19 @@ import asyncio
 import functools
 import json
 import logging
+import time
 
 import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from faust.web import Blueprint, View
 
-from . import peers
+from . import peers, rooms
 from .auth import check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
-from .models import ValidationError, check_room, message_json, new_message, parse_compat_body, parse_event_id
+from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, check_user, encode,
+                     message_json, new_message, parse_compat_body, parse_event_id)
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("kchat")
@@ -53,14 +55,35 @@ async def read_text_body(request: web.Request) -> str:
         raise ValidationError("body", "is not valid UTF-8") from None
 
 
-async def store(view: KchatView, request: web.Request, room: str, user, text) -> dict:
-    """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input."""
+async def store(view: KchatView, request: web.Request, room: str, user, text) -> tuple[dict, bool]:
+    """Publish and wait for the brokers' acknowledgement; raises before anything is stored on bad input.
+    Returns the stored message, and whether an earlier attempt with the same Idempotency-Key stored it."""
     app = view.app
-    msg = new_message(room, user, text, app.settings.max_text)
+    key = request.headers.get("Idempotency-Key")
+    msg = new_message(room, user, text, app.settings.max_text,
+                      check_idempotency_key(key) if key is not None else None)
     check_author(token_subject(request, app.settings.jwt_secret), msg.user)
-    app.rate_limiter.check(msg.user)
-    meta = await app.publisher.publish(room, msg.dumps())
-    return message_json(msg, meta.partition, meta.offset)
+    if key is not None:
+        stored = await app.hub.stored(room, msg.id)
+        if stored is not None:
+            return replayed(app, stored, msg.text)
+    app.rate_limiter.check(msg.user)  # a replay above costs no token
+    meta = await app.publisher.publish(room, encode(msg))
+    if key is not None:
+        # Another attempt may have stored it first, its record not yet read when we looked: then
+        # this record is a copy that every reader drops, and the answer is the first one.
+        original = await app.hub.original_of(room, meta.partition, meta.offset, msg.id,
+                                             timeout=min(2.0, app.settings.publish_timeout))
+        if original is not None:
+            return replayed(app, original, msg.text)
+    return message_json(msg, meta.partition, meta.offset), False
+
+
+def replayed(app, stored: dict, text: str) -> tuple[dict, bool]:
+    if stored["text"] != text:
+        raise KeyReused("Idempotency-Key", "was used for another message in this room; use a new key")
+    app.metrics.replays.inc()
+    return stored, True
 
 
 def counts_publish(handler):
@@ -103,8 +126,11 @@ class RoomMessages(KchatView):
         for field in ("user", "text"):
             if field not in body:
                 raise ValidationError(field, "is required")
-        stored = await store(self, request, room, body["user"], body["text"])
-        return fast_json(stored, status=201)
+        stored, again = await store(self, request, room, body["user"], body["text"])
+        response = fast_json(stored, status=201)
+        if again:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
 
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
@@ -132,8 +158,11 @@ class SeedPublish(KchatView):
         if request.content_type not in ("text/plain", "application/octet-stream"):
             return error(415, "Content-Type must be text/plain")
         user, text = parse_compat_body(await read_text_body(request))
-        stored = await store(self, request, settings.default_room, user, text)
-        return web.Response(status=200, headers={"X-Kchat-Event-Id": stored["event_id"]})
+        stored, again = await store(self, request, settings.default_room, user, text)
+        headers = {"X-Kchat-Event-Id": stored["event_id"]}
+        if again:
+            headers["Idempotent-Replayed"] = "true"
+        return web.Response(status=200, headers=headers)
 
 
 @blueprint.route("/api/system/echo", name="echo")
@@ -155,7 +184,13 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     hub, settings = view.app.hub, view.settings
     token = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     after = parse_event_id(token) if token else None
-    token_subject(request, settings.jwt_secret)
+    # Who is watching: the token's user when authentication is on, else whom ?user= names;
+    # without either the stream is anonymous (counted in the room's presence, not listed).
+    subject = token_subject(request, settings.jwt_secret)
+    named = request.query.get("user")
+    if subject is not None and named is not None and named != subject:
+        raise ValidationError("user", f"this token belongs to {subject!r}")
+    user = subject if subject is not None else (check_user(named) if named is not None and not compat else None)
     if not hub.ready:
         return error(503, "the fan-out reader is not connected to Kafka yet; retry shortly")
     if settings.max_streams and hub.subscriber_count >= settings.max_streams:
@@ -167,11 +202,13 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     view.app.metrics.subscriptions.inc()
     if after is not None:
         view.app.metrics.resumes.inc()
+    session = None
     try:
         if after is not None and after[0] != sub.partition:
             raise ValidationError("last_event_id", f"{token!r} does not belong to room {room!r}")
         async with sse_response(request, headers={"X-Accel-Buffering": "no"},
                                 response_cls=ChatEventStream) as resp:
+            session = view.app.sessions.start_session(room, user)
             await hub.stream(sub, after[1] if after is not None else None, resp.write,
                              request.transport, resp.headers.get("Transfer-Encoding") == "chunked")
         return resp
@@ -182,6 +219,8 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
         raise
     finally:
         hub.unsubscribe(sub)
+        if session is not None:
+            view.app.sessions.end_session(session)
 
 
 @blueprint.route("/api/rooms/{room}/events", name="room_events")
@@ -196,6 +235,36 @@ class SeedEvents(KchatView):
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         return await stream_events(self, request, self.settings.default_room, compat=True)
+
+
+# -- rooms: directory, trending, presence -------------------------------------------------
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@blueprint.route("/api/rooms", name="rooms")
+class Rooms(KchatView):
+    async def get(self, request: web.Request) -> web.Response:
+        if _local_scope(request):
+            return fast_json(peers.local_rooms(self.app))
+        return fast_json({"rooms": await peers.directory(self.app, now_ms())})
+
+
+@blueprint.route("/api/rooms/trending", name="trending")
+class Trending(KchatView):
+    async def get(self, request: web.Request) -> web.Response:
+        return fast_json({"window_minutes": rooms.TRENDING_WINDOWS,
+                          "rooms": rooms.trending(await peers.directory(self.app, now_ms()))})
+
+
+@blueprint.route("/api/rooms/{room}/presence", name="room_presence")
+class RoomPresence(KchatView):
+    async def get(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        token_subject(request, self.settings.jwt_secret)
+        if _local_scope(request):
+            return fast_json({"room": room, **peers.local_presence(self.app, room)})
+        return fast_json({"room": room, **await peers.room_presence(self.app, room)})
 
 
 # -- per-user counts ------------------------------------------------------------------

@@ -10,7 +10,7 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 from . import openapi, page, views
 from .auth import AuthError
 from .kafka_io import KafkaUnavailable
-from .models import ValidationError
+from .models import KeyReused, ValidationError
 from .peers import NotOwner, PeerUnavailable
 from .ratelimit import TooManyRequests
 from .views import error
@@ -24,6 +24,8 @@ async def json_errors(request: web.Request, handler):
     """Every refusal, also aiohttp's own (404, 405, 413), answers with a JSON body."""
     try:
         return await handler(request)
+    except KeyReused as exc:
+        return error(422, f"{exc.field} {exc.message}", field=exc.field)
     except ValidationError as exc:
         return error(400, exc.message, field=exc.field)
     except AuthError as exc:

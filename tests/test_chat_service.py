@@ -236,7 +236,7 @@ async def test_readyz_and_healthz(kchat_worker, client):
     kchat_worker.wait_ready()  # an earlier test's worker leaving may still be rebalancing
     r = await client.get(f"{kchat_worker.url}/readyz")
     assert r.status_code == 200
-    assert r.json() == {"ready": True, "producer": True, "fanout": True, "tables": True}
+    assert r.json() == {"ready": True, "brokers": True, "producer": True, "fanout": True, "tables": True}
 
 
 async def test_history_gives_a_resume_point_with_no_gap_even_for_an_empty_room(kchat_worker, client):

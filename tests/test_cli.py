@@ -1,6 +1,8 @@
 """kchat-cli run as a user runs it: a subprocess (or a pseudo-terminal) against a real worker and Kafka."""
 from __future__ import annotations
 
+import asyncio
+import http.server
 import io
 import json
 import os
@@ -12,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pexpect
 import pytest
 from click.testing import CliRunner
@@ -123,6 +126,94 @@ def test_send_reports_where_it_was_stored_and_listen_delivers_it(kchat_worker):
     assert re.fullmatch(r"\d\d:\d\d:\d\d alice: hello world\n"
                         r"\d\d:\d\d:\d\d bob: second\n"
                         r"\d\d:\d\d:\d\d alice: caf\u00e9 \u2615\n", r.stdout), r.stdout
+
+
+class DroppingProxy:
+    """A TCP proxy to a worker that swallows the answer to the first `drop` POSTs: the worker has
+    stored the message, the client sees the connection close -- an unknown outcome."""
+
+    def __init__(self, target_port: int, drop: int = 1) -> None:
+        self.target_port, self.drop = target_port, drop
+        self.keys: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+            ready.set()
+
+        threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
+                         daemon=True).start()
+        ready.wait(10)
+
+    async def _client(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1)) if b"ontent-" in head else 0
+        body = await reader.readexactly(length)
+        key = re.search(rb"idempotency-key: *(\S+)", head, re.I)
+        self.keys.append(key.group(1).decode() if key else "")
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_w.write(head + body)
+        answer = await up_r.read(65536)  # one small response
+        up_w.close()
+        if head.startswith(b"POST") and self.drop > 0:
+            self.drop -= 1
+        else:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@kafka
+def test_send_retries_an_unknown_outcome_with_its_key_and_stores_it_once(kchat_worker):
+    room, user = unique("unknown"), unique("ann")
+    proxy = DroppingProxy(kchat_worker.port, drop=1)
+    try:
+        r = kchat(proxy.url, "send", "--user", user, "--room", room, "--json", "only once")
+    finally:
+        proxy.close()
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(r.stdout)
+    assert len(proxy.keys) == 2 and proxy.keys[0] == proxy.keys[1] != ""  # the same key, twice
+    got = kchat(kchat_worker.url, "listen", "--room", room, "--since", f"{stored['partition']}:-1",
+                "--count", "1", "--json", timeout=60)
+    assert [json.loads(line)["offset"] for line in got.stdout.splitlines()] == [stored["offset"]]
+    texts = [m["text"] for m in httpx.get(f"{kchat_worker.url}/api/rooms/{room}/messages").json()["messages"]]
+    assert texts == ["only once"]
+
+
+def test_send_gives_up_on_an_unknown_outcome_naming_its_key():
+    class Busy(http.server.BaseHTTPRequestHandler):
+        keys: list[str] = []
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            Busy.keys.append(self.headers["Idempotency-Key"])
+            body = b'{"error": "the brokers did not acknowledge within 10s"}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = kchat(f"http://127.0.0.1:{server.server_port}", "send", "--user", "a", "--key", "my-key-1", "hi",
+                  timeout=60)
+    finally:
+        server.shutdown()
+    assert r.returncode == 5
+    line = one_error_line(r)
+    assert "not confirmed after 5 attempts" in line and "my-key-1" in line
+    assert Busy.keys == ["my-key-1"] * 5
 
 
 @kafka

@@ -55,6 +55,72 @@ async def test_publish_answers_503_while_brokers_are_down_and_recovers(own_kafka
         worker.stop()
 
 
+def log_lines(worker: Worker) -> list[str]:
+    return worker.log_path.read_text(errors="replace").splitlines()
+
+
+async def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        await asyncio.sleep(0.5)
+
+
+async def test_a_broker_outage_costs_a_few_log_lines_readyz_tells_and_sigterm_is_prompt(own_kafka, tmp_path):
+    worker = Worker(own_kafka.bootstrap, tmp_path / "w").start()
+    try:
+        room = unique("outage")
+        async with httpx.AsyncClient(timeout=10) as client:
+            for i in range(20):  # offsets to commit and count changes to flush when it stops
+                await post(client, worker.url, room, f"u{i}", "hi")
+
+            async def readyz(status: int):
+                try:
+                    r = await client.get(f"{worker.url}/readyz")
+                except httpx.HTTPError:
+                    return None
+                return r.json() if r.status_code == status else None
+
+            def episodes_closed() -> bool:  # a fresh cluster's first seconds may have opened one
+                lines = log_lines(worker)
+                return (sum("kafka: cannot reach a broker" in line for line in lines)
+                        == sum("kafka: brokers answer again" in line for line in lines))
+
+            await wait_until(lambda: asyncio.sleep(0, episodes_closed()), 30, "start-up trouble over")
+            seen = len(log_lines(worker))
+            own_kafka.kill(0)
+            killed = time.monotonic()
+            body = await wait_until(lambda: readyz(503), 10, "/readyz answered 503")
+            assert body["ready"] is False and body["brokers"] is False
+            await asyncio.sleep(max(0.0, 12 - (time.monotonic() - killed)))
+            outage = log_lines(worker)[seen:]
+            # aiokafka alone wrote ~1,300 lines in 10 s here (one per retry of each client).
+            assert len(outage) <= 30, "\n".join(outage[:40])
+            assert sum("kafka: cannot reach a broker" in line for line in outage) == 1, outage
+            assert any("no broker reachable for" in line for line in outage), outage
+
+            own_kafka.start(0)
+            await wait_until(lambda: readyz(200), 90, "/readyz answered 200 again")
+            await wait_until(lambda: asyncio.sleep(0, any("kafka: brokers answer again" in line
+                                                          for line in log_lines(worker)[seen:])),
+                             30, "the outage's closing line")
+
+            for i in range(10):  # counting and presence still have work in flight when the brokers go
+                await post(client, worker.url, room, f"v{i}", "bye")
+            own_kafka.kill(0)  # gone for good: the worker must still stop promptly
+            await asyncio.sleep(20)
+        took = worker.stop(timeout=30)
+        assert took < 10, f"worker took {took:.1f}s to stop with the brokers gone"
+        tail = log_lines(worker)[seen:]
+        assert any("kafka: stopping with brokers unreachable" in line for line in tail)
+        assert not [line for line in tail if "Traceback" in line or "Exception in thread" in line]
+    finally:
+        worker.kill()  # after a failed check; a no-op once it stopped
+
+
 async def test_worker_stop_closes_open_streams_promptly(kchat_worker):
     room = unique("shutdown")
     listener = await Subscriber(kchat_worker.url, room).start()

@@ -576,7 +576,10 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
 
         out, _ = early_job.communicate(timeout=170)
         assert early_job.returncode == 0, out[-3000:]
-        assert "Created topic chatroom." in out
+        # Nothing else creates topics here. On a loaded machine an attempt may create the topic and
+        # still time out on the client's side; the next one then finds it (--if-not-exists) and says
+        # nothing: "Created" is printed only when the creating attempt also saw its answer.
+        assert "Created topic chatroom." in out or "Attempt 1 failed" in out, out[-3000:]
         assert "Topic chatroom is ready" in out
 
         # Independent check: 12 partitions, 4 replicas each on brokers 0-3, and (soon, on a loaded machine)

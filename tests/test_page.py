@@ -178,6 +178,30 @@ def test_two_users_see_each_others_messages_in_order(kchat_worker, open_page):
         assert p.csp_violations() == []
 
 
+def test_a_send_whose_answer_was_lost_is_retried_with_its_key_and_shown_once(kchat_worker, open_page):
+    room = unique("lost")
+    p = open_page(kchat_worker.url).join(unique("dora"), room)
+    keys: list[str] = []
+
+    def lose_the_first_answer(route) -> None:
+        if route.request.method != "POST":
+            return route.continue_()
+        keys.append(route.request.headers.get("idempotency-key", ""))
+        if len(keys) == 1:
+            route.fetch()  # the worker stores it ...
+            return route.abort("connectionreset")  # ... and the page never hears back
+        return route.continue_()
+
+    p.page.route("**/api/rooms/*/messages", lose_the_first_answer)
+    p.send("said once")
+    expect(p.texts).to_have_text(["said once"])
+    assert len(keys) == 2 and keys[0] == keys[1] != ""
+    assert [m["text"] for m in history(kchat_worker.url, room)] == ["said once"]
+    p.page.wait_for_timeout(500)  # a copy arriving late would show up here
+    expect(p.texts).to_have_text(["said once"])
+    assert p.page_errors == []
+
+
 def test_markup_in_messages_is_shown_as_text(kchat_worker, open_page):
     room = unique("xss")
     p = open_page(kchat_worker.url).join(unique("viewer"), room)

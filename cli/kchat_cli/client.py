@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import socket
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -32,15 +33,21 @@ STREAM_IDLE_TIMEOUT = 60.0
 # better than failing lines, but not forever.
 RATE_LIMIT_RETRIES = 5
 RATE_LIMIT_MAX_WAIT = 30.0
+# A publish whose outcome is unknown (timeout, broken connection, 502/503/504) is sent again with
+# the same Idempotency-Key, so that it cannot be stored twice: this many times, backing off.
+UNKNOWN_RETRIES = 4
 
 
 class KchatError(Exception):
     """A failure already phrased for the user, with the exit code it maps to."""
 
-    def __init__(self, message: str, exit_code: int, retry_after: float | None = None):
+    def __init__(self, message: str, exit_code: int, retry_after: float | None = None,
+                 unknown: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
         self.retry_after = retry_after
+        # The request may have been carried out: a publish may be stored or not.
+        self.unknown = unknown
 
 
 def _reason(exc: BaseException) -> str:
@@ -87,7 +94,7 @@ def _http_error(response: httpx.Response) -> KchatError:
         return KchatError(f"the server refused the request: {detail} (HTTP {status})",
                           EXIT_REFUSED)
     return KchatError(f"server error: {detail} (HTTP {status}) — try again later, "
-                      "or check the worker's log", EXIT_SERVER)
+                      "or check the worker's log", EXIT_SERVER, unknown=status in (502, 503, 504))
 
 
 class _Recent:
@@ -137,11 +144,14 @@ class Client:
         if isinstance(exc, httpx.TimeoutException):
             return KchatError(f"no answer from {self.url} within {self.timeout:g}s — the "
                               "worker may be overloaded; retry, or raise --timeout",
-                              EXIT_UNREACHABLE)
+                              EXIT_UNREACHABLE, unknown=True)
         return KchatError(f"lost the connection to {self.url} ({_reason(exc)}) — retry",
-                          EXIT_UNREACHABLE)
+                          EXIT_UNREACHABLE, unknown=True)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._response(method, path, **kwargs))[0]
+
+    async def _response(self, method: str, path: str, **kwargs: Any) -> tuple[Any, httpx.Response]:
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -149,25 +159,42 @@ class Client:
         if not response.is_success:
             raise _http_error(response)
         try:
-            return response.json()
+            return response.json(), response
         except ValueError:
             raise KchatError(f"{self.url} answered {method} {path} with something that is "
                              "not JSON — is --url really a kchat worker?",
                              EXIT_SERVER) from None
 
-    async def send(self, room: str, user: str, text: str) -> dict[str, Any]:
-        """Publish one message; returns the stored message (partition, offset, ids)."""
-        for attempt in range(RATE_LIMIT_RETRIES + 1):
+    async def send(self, room: str, user: str, text: str, key: str | None = None) -> dict[str, Any]:
+        """Publish one message; returns the stored message (partition, offset, ids).
+
+        Each message goes with an Idempotency-Key (a fresh one unless given), so that a
+        publish whose outcome is unknown can be sent again without storing it twice; a
+        429 is waited out as the server asks.
+        """
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        rate_limited = unknown = 0
+        delay = BACKOFF_START
+        while True:
             try:
-                return await self._request("POST", self._room_path(room, "messages"),
-                                           json={"user": user, "text": text})
+                body, _ = await self._response("POST", self._room_path(room, "messages"),
+                                               json={"user": user, "text": text}, headers=headers)
+                return body
             except KchatError as err:
-                # Only a 429 is safe to repeat: a 503 may mean the message was
-                # stored after all, and repeating it would duplicate it.
-                if err.retry_after is None or attempt == RATE_LIMIT_RETRIES:
+                if err.retry_after is not None and rate_limited < RATE_LIMIT_RETRIES:
+                    rate_limited += 1
+                    await asyncio.sleep(min(err.retry_after, RATE_LIMIT_MAX_WAIT))
+                elif err.unknown and unknown < UNKNOWN_RETRIES:
+                    unknown += 1
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, BACKOFF_MAX)
+                elif err.unknown:
+                    raise KchatError(f"{err}; not confirmed after {unknown + 1} attempts with the same "
+                                     f"Idempotency-Key {headers['Idempotency-Key']} — sending it again "
+                                     "with that key (send --key) cannot store it twice",
+                                     err.exit_code, unknown=True) from None
+                else:
                     raise
-                await asyncio.sleep(min(err.retry_after, RATE_LIMIT_MAX_WAIT))
-        raise AssertionError("unreachable")
 
     async def history(self, room: str, limit: int = 20) -> tuple[list[dict[str, Any]], str | None]:
         """The room's last messages and the event id to resume the stream from after them."""

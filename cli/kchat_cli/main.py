@@ -107,16 +107,20 @@ def cli(ctx: click.Context, url: str, timeout: float, token: str | None) -> None
 @click.option("--room", "-r", default="lobby", show_default=True, help="Room to post to.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the stored message as JSON instead of a summary.")
+@click.option("--key", "key", default=None, metavar="KEY",
+              help="Idempotency-Key of the message (default: a new one); sending again with the same "
+                   "KEY cannot store it twice. Only with TEXT.")
 @click.argument("text", nargs=-1)
 @click.pass_obj
-def send(settings: Settings, user: str, room: str, as_json: bool,
+def send(settings: Settings, user: str, room: str, as_json: bool, key: str | None,
          text: tuple[str, ...]) -> None:
     """Publish TEXT (words joined by spaces) as one message.
 
     With no TEXT, or TEXT '-', every line of standard input is sent as its own
     message, in order; failed lines are reported with their line number.
     Prints where each message was stored: room, partition, offset, id, event_id
-    (the event_id can be given to `listen --since`).
+    (the event_id can be given to `listen --since`). A message whose outcome is unknown
+    (timeout, lost connection, 503) is sent again with its Idempotency-Key, a few times.
     """
     def show(stored: dict[str, Any]) -> None:
         out(json.dumps(stored, ensure_ascii=False) if as_json else receipt_line(stored))
@@ -128,11 +132,13 @@ def send(settings: Settings, user: str, room: str, as_json: bool,
 
         async def one() -> None:
             async with settings.client() as client:
-                show(await client.send(room, user, message))
+                show(await client.send(room, user, message, key=key))
 
         asyncio.run(one())
         return
 
+    if key is not None:
+        raise click.UsageError("--key names one message: give its TEXT (each stdin line gets a key of its own)")
     if sys.stdin.isatty():
         warn("reading messages from the terminal, one per line; Ctrl-D to finish")
     asyncio.run(_send_lines(settings, user, room, show))

@@ -198,27 +198,57 @@
   }
 
   // -- sending ---------------------------------------------------------------------------
+  // Every message goes with an Idempotency-Key; an answer that never came, or a 502/503/504, is
+  // an unknown outcome, and the same key is sent again: the message cannot be stored twice.
+  const SEND_ATTEMPTS = 5;
+
+  function newKey() {
+    // crypto.randomUUID needs a secure context; a NodePort over plain HTTP is not one.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   async function send(s) {
     const text = ui.text.value;
     ui.error.textContent = "";
     ui.sendButton.disabled = true;
+    // Pressing Send again for the same text is a retry: it keeps the key.
+    if (!s.pending || s.pending.text !== text) s.pending = { text, key: newKey() };
+    const key = s.pending.key;
     try {
-      const r = await fetch(roomUrl(s.room, "/messages"), {
-        method: "POST",
-        headers: authHeaders(s, { "Content-Type": "application/json" }),
-        body: JSON.stringify({ user: s.user, text }),
-      });
-      if (session !== s) return;
-      if (r.status === 201) {
-        // The message is shown when the stream delivers it, in log order.
-        if (ui.text.value === text) ui.text.value = "";
+      for (let attempt = 1; ; attempt++) {
+        let r = null;
+        try {
+          r = await fetch(roomUrl(s.room, "/messages"), {
+            method: "POST",
+            headers: authHeaders(s, { "Content-Type": "application/json", "Idempotency-Key": key }),
+            body: JSON.stringify({ user: s.user, text }),
+          });
+        } catch (_) {
+          r = null;  // no answer: stored or not, unknown
+        }
+        if (session !== s) return;
+        if (r && r.status === 201) {
+          // The message is shown when the stream delivers it, in log order.
+          if (ui.text.value === text) ui.text.value = "";
+          s.pending = null;
+          return;
+        }
+        const unknown = !r || r.status === 502 || r.status === 503 || r.status === 504;
+        if (unknown && attempt < SEND_ATTEMPTS) {
+          await new Promise((done) => setTimeout(done, BACKOFF_MIN_MS * 2 ** (attempt - 1)));
+          if (session !== s) return;
+          continue;
+        }
+        if (!r) {
+          ui.error.textContent = "could not reach the server; press Send to try again (it cannot be stored twice)";
+          return;
+        }
+        const body = await r.json().catch(() => ({}));
+        const reason = body.error || "HTTP " + r.status;
+        ui.error.textContent = body.field ? body.field + ": " + reason : reason;
         return;
       }
-      const body = await r.json().catch(() => ({}));
-      const reason = body.error || "HTTP " + r.status;
-      ui.error.textContent = body.field ? body.field + ": " + reason : reason;
-    } catch (_) {
-      if (session === s) ui.error.textContent = "could not reach the server; try again";
     } finally {
       ui.sendButton.disabled = false;
       ui.text.focus();

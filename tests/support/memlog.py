@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping
 
-from kchat_faust.models import new_message, partition_for
+from kchat_faust.models import encode, new_message, partition_for
 
 
 @dataclass(frozen=True)
@@ -28,19 +29,22 @@ class MemoryLog:
         self.positions: dict[int, int] = {}
         self.held: set[int] = set()  # partitions the live read does not see yet (a lagging reader)
         self.opened = 0
+        self.clock_ms = int(time.time() * 1000)  # record timestamps: now, then 1 ms per record
         self._changed = asyncio.Event()
 
     # -- writing, as producers do --------------------------------------------------
-    def append_value(self, partition: int, value: bytes | None) -> Record:
+    def append_value(self, partition: int, value: bytes | None, timestamp: int | None = None) -> Record:
         log = self.logs[partition]
-        record = Record(partition, len(log), 1_700_000_000_000 + len(log), value)
+        self.clock_ms = max(self.clock_ms + 1, timestamp or 0)  # timestamps never go back
+        record = Record(partition, len(log), self.clock_ms, value)
         log.append(record)
         self._changed.set()
         return record
 
-    def post(self, room: str, user: str = "ann", text: str = "hi") -> Record:
+    def post(self, room: str, user: str = "ann", text: str = "hi", key: str | None = None,
+             timestamp: int | None = None) -> Record:
         return self.append_value(partition_for(room, self.partitions),
-                                 new_message(room, user, text, 4000).dumps())
+                                 encode(new_message(room, user, text, 4000, key)), timestamp)
 
     def hold(self, partition: int) -> None:
         self.held.add(partition)
@@ -88,6 +92,10 @@ class MemoryLog:
     # -- hub.RangeReader ---------------------------------------------------------------
     async def bounds(self, partition: int) -> tuple[int, int]:
         return 0, len(self.logs[partition])
+
+    async def offset_at(self, partition: int, timestamp_ms: int) -> int:
+        log = self.logs[partition]
+        return next((r.offset for r in log if r.timestamp >= timestamp_ms), len(log))
 
     async def read(self, partition: int, start: int, stop: int) -> AsyncIterator[Record]:
         for record in self.logs[partition][max(start, 0):stop]:
