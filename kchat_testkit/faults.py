@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from kchat_faust.models import partition_for
 
 from .history import History, Recorder, Verdict, Window, check, expected_counts, read_counts, read_log
-from .kafka import KafkaCluster, parse_describe, run_kafka_local
+from .kafka import KafkaCluster, Partition, parse_describe, run_kafka_local
 from .sse import Subscriber
 from .worker import Worker
 
@@ -105,15 +107,26 @@ class Env:
             await self.do(lambda: run_kafka_local("down", "--kill", state_dir=self.state / "kafka", check=False))
         self.pool.shutdown(wait=False)
 
-    async def partitions(self) -> dict:
-        return parse_describe(await self.do(self.cluster.describe, TOPIC))
+    async def partitions(self) -> dict[int, Partition]:
+        """chatroom's leaders and ISRs as the brokers' metadata says now (a metadata request: quick, where
+        TopicCommand takes a JVM start; it knows no ELR, describe_room does)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.cluster.bootstrap, group_id=None,
+                                    request_timeout_ms=10000)
+        await consumer.start()
+        try:
+            meta = await consumer._client.fetch_all_metadata()  # group-less: its own cache lacks the topic
+            return {p: Partition(p, pm.leader, list(pm.replicas), list(pm.isr))
+                    for p, pm in meta._partitions.get(TOPIC, {}).items()}
+        finally:
+            await consumer.stop()
 
     async def leader(self, room: str) -> int:
         return (await self.partitions())[partition_for(room, PARTITIONS)].leader
 
     async def describe_room(self, room: str) -> str:
+        """The room's partition as TopicCommand describes it (with the eligible leader replicas)."""
         try:
-            p = (await self.partitions())[partition_for(room, PARTITIONS)]
+            p = parse_describe(await self.do(self.cluster.describe, TOPIC))[partition_for(room, PARTITIONS)]
         except (RuntimeError, KeyError) as exc:
             return f"describe failed: {str(exc).splitlines()[-1][:120]}"
         return f"p{p.partition}: leader {p.leader}, isr {p.isr}, elr {p.elr}"
@@ -150,9 +163,9 @@ class Env:
                 why = f"dead nodes {dead}, partitions with short ISR {short}, unready workers {unready}"
                 if not (dead or short or unready):
                     return None
-            except RuntimeError as exc:
-                why = str(exc).splitlines()[-1][:200]
-            await asyncio.sleep(3)
+            except (RuntimeError, KafkaError) as exc:
+                why = str(exc).splitlines()[-1][:200] if str(exc) else repr(exc)
+            await asyncio.sleep(2)
         return why
 
 
@@ -193,6 +206,18 @@ class Fault:
             self.note(f"during: {await self.env.describe_room(self.busy_room)}")
         await asyncio.sleep(max(0.0, end - time.monotonic()))
 
+    async def held(self, name: str, make: Callable[[], object], undo: Callable[[], object], seconds: float,
+                   describe_at: float | None = None) -> None:
+        """Make the fault (make runs in a thread: kafka-local and process control block), keep it for
+        `seconds`, undo it; the window's four times are noted on the way."""
+        self.begin(name)
+        await self.env.do(make)
+        self.in_force()
+        await self.hold(seconds, describe_at)
+        self.lifting()
+        await self.env.do(undo)
+        self.heal()
+
     @property
     def cluster(self) -> KafkaCluster:
         return self.env.cluster
@@ -200,194 +225,113 @@ class Fault:
 
 # -- the scenarios -------------------------------------------------------------------------------------------------
 async def kill_busy_leader(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     f.note(f"SIGKILL broker {leader}, leader of the busy room's partition")
-    f.begin(f"broker {leader} killed")
-    await f.env.do(f.cluster.kill, leader)
-    f.in_force()
-    await f.hold(10, describe_at=4)
-    f.lifting()
-    await f.env.do(f.cluster.start, leader)
-    f.heal()
+    await f.held(f"broker {leader} killed", lambda: c.kill(leader), lambda: c.start(leader), 10, describe_at=4)
 
 
 async def kill_two_brokers(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     other = f.rng.choice([b for b in range(BROKERS) if b != leader])
     f.note(f"SIGKILL brokers {leader} (the busy leader) and {other} at once: 2 of 4 replicas left = min ISR")
-    f.begin(f"brokers {leader},{other} killed")
-    await asyncio.gather(f.env.do(f.cluster.kill, leader), f.env.do(f.cluster.kill, other))
-    f.in_force()
-    await f.hold(15, describe_at=8)
-    f.lifting()
-    await asyncio.gather(f.env.do(f.cluster.start, leader), f.env.do(f.cluster.start, other))
-    f.heal()
+    await f.held(f"brokers {leader},{other} killed", lambda: (c.kill(leader), c.kill(other)),
+                 lambda: (c.start(leader), c.start(other)), 15, describe_at=8)
 
 
 def pause_leader(seconds: float) -> Callable[[Fault], Awaitable[None]]:
     async def fault(f: Fault) -> None:
-        leader = await f.env.leader(f.busy_room)
+        leader, c = await f.env.leader(f.busy_room), f.cluster
         f.note(f"SIGSTOP broker {leader} (busy leader) for {seconds:g}s; broker.session.timeout.ms is "
                f"{int(SETTINGS['broker.session.timeout.ms']) / 1000:g}s")
-        f.begin(f"broker {leader} paused {seconds:g}s")
-        await f.env.do(f.cluster.pause, leader)
-        f.in_force()
-        await f.hold(seconds, describe_at=min(seconds - 1, 12))
-        f.lifting()
-        await f.env.do(f.cluster.resume, leader)
-        f.heal()
+        await f.held(f"broker {leader} paused {seconds:g}s", lambda: c.pause(leader), lambda: c.resume(leader),
+                     seconds, describe_at=min(seconds - 1, 12))
         f.note(f"resumed; a few seconds later: {await f.env.describe_room(f.busy_room)}")
     return fault
 
 
 async def pause_follower(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     follower = f.rng.choice([b for b in range(BROKERS) if b != leader])
     f.note(f"SIGSTOP broker {follower}, a follower of the busy partition, for 20s")
-    f.begin(f"broker {follower} paused")
-    await f.env.do(f.cluster.pause, follower)
-    f.in_force()
-    await f.hold(20, describe_at=12)
-    f.lifting()
-    await f.env.do(f.cluster.resume, follower)
-    f.heal()
+    await f.held(f"broker {follower} paused", lambda: c.pause(follower), lambda: c.resume(follower), 20,
+                 describe_at=12)
 
 
 async def isolate_broker(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     f.note(f"isolate broker {leader} (busy leader) from every node, worker and this machine for 20s")
-    f.begin(f"broker {leader} isolated")
-    await f.env.do(f.cluster.isolate, str(leader))
-    f.in_force()
-    await f.hold(20, describe_at=14)
-    f.lifting()
-    await f.env.do(f.cluster.heal)
-    f.heal()
+    await f.held(f"broker {leader} isolated", lambda: c.isolate(str(leader)), c.heal, 20, describe_at=14)
 
 
 async def cut_leader_from_followers(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     followers = ",".join(str(b) for b in range(BROKERS) if b != leader)
     f.note(f"cut broker {leader} (busy leader) from brokers {followers} only (controllers and workers still "
            f"reach it) for 20s; replica.lag.time.max.ms is {int(SETTINGS['replica.lag.time.max.ms']) / 1000:g}s")
-    f.begin(f"broker {leader} cut from followers")
-    await f.env.do(f.cluster.cut, str(leader), followers)
-    f.in_force()
-    await f.hold(20, describe_at=14)
-    f.lifting()
-    await f.env.do(f.cluster.heal)
-    f.heal()
+    await f.held(f"broker {leader} cut from followers", lambda: c.cut(str(leader), followers), c.heal, 20,
+                 describe_at=14)
 
 
 async def cut_broker_from_controllers(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     f.note(f"cut broker {leader} (busy leader) from the controllers only for 20s")
-    f.begin(f"broker {leader} cut from controllers")
-    await f.env.do(f.cluster.cut, str(leader), "controllers")
-    f.in_force()
-    await f.hold(20, describe_at=14)
-    f.lifting()
-    await f.env.do(f.cluster.heal)
-    f.heal()
+    await f.held(f"broker {leader} cut from controllers", lambda: c.cut(str(leader), "controllers"), c.heal, 20,
+                 describe_at=14)
 
 
 async def kill_active_controller(f: Fault) -> None:
-    active = await f.env.do(f.cluster.active_controller)
+    c = f.cluster
+    active = await f.env.do(c.active_controller)
     f.note(f"SIGKILL controller {active}, the active one, for 10s")
-    f.begin(f"controller {active} killed")
-    await f.env.do(f.cluster.kill, active)
-    f.in_force()
-    await f.hold(10)
-    f.note(f"quorum now led by {await f.env.do(f.cluster.active_controller)}")
-    f.lifting()
-    await f.env.do(f.cluster.start, active)
-    f.heal()
+    await f.held(f"controller {active} killed", lambda: c.kill(active), lambda: c.start(active), 10)
+    f.note(f"quorum now led by {await f.env.do(c.active_controller)}")
 
 
 async def pause_active_controller(f: Fault) -> None:
-    active = await f.env.do(f.cluster.active_controller)
+    c = f.cluster
+    active = await f.env.do(c.active_controller)
     f.note(f"SIGSTOP controller {active}, the active one, for 15s")
-    f.begin(f"controller {active} paused")
-    await f.env.do(f.cluster.pause, active)
-    f.in_force()
-    await f.hold(15)
-    f.lifting()
-    await f.env.do(f.cluster.resume, active)
-    f.heal()
-    f.note(f"quorum now led by {await f.env.do(f.cluster.active_controller)}")
+    await f.held(f"controller {active} paused", lambda: c.pause(active), lambda: c.resume(active), 15)
+    f.note(f"quorum now led by {await f.env.do(c.active_controller)}")
 
 
 async def random_halves(f: Fault) -> None:
-    members = [str(c) for c in CONTROLLERS] + [str(b) for b in range(BROKERS)] + ["w0", "w1"]
+    members = [str(n) for n in CONTROLLERS] + [str(b) for b in range(BROKERS)] + ["w0", "w1"]
     f.rng.shuffle(members)
     a, b = sorted(members[:len(members) // 2]), sorted(members[len(members) // 2:])
     f.note(f"random halves for 20s: {','.join(a)} | {','.join(b)}")
-    f.begin("random halves")
-    await f.env.do(f.cluster.cut, ",".join(a), ",".join(b))
-    f.in_force()
-    await f.hold(20, describe_at=14)
-    f.lifting()
-    await f.env.do(f.cluster.heal)
-    f.heal()
+    await f.held("random halves", lambda: f.cluster.cut(",".join(a), ",".join(b)), f.cluster.heal, 20,
+                 describe_at=14)
 
 
 async def worker_cut_from_brokers(f: Fault) -> None:
     f.note("cut worker w0 from every broker for 20s (clients still reach it)")
-    f.begin("w0 cut from brokers")
-    await f.env.do(f.cluster.cut, "w0", "brokers")
-    f.in_force()
-    await f.hold(20)
-    f.lifting()
-    await f.env.do(f.cluster.heal)
-    f.heal()
+    await f.held("w0 cut from brokers", lambda: f.cluster.cut("w0", "brokers"), f.cluster.heal, 20)
 
 
 async def netem_everywhere(f: Fault) -> None:
     f.note("every node and worker: +40±10 ms on every packet in, 1% lost, for 25s")
-    f.begin("slow network")
-    await f.env.do(lambda: f.cluster.slow("all", 40, 10, 1))
-    f.in_force()
-    await f.hold(25, describe_at=15)
-    f.lifting()
-    await f.env.do(f.cluster.unslow)
-    f.heal()
+    await f.held("slow network", lambda: f.cluster.slow("all", 40, 10, 1), f.cluster.unslow, 25, describe_at=15)
 
 
 async def kill_worker(f: Fault) -> None:
     w = f.env.workers[1]
     f.note("SIGKILL worker w1 mid-batch; start it again 5s later")
-    f.begin("w1 killed")
-    w.kill()
-    f.in_force()
-    await asyncio.sleep(5)
-    f.lifting()
-    await f.env.do(w.start, 240.0)
-    f.heal()
+    await f.held("w1 killed", w.kill, lambda: w.start(240.0), 5)
 
 
 async def pause_worker(f: Fault) -> None:
     w = f.env.workers[1]
     f.note(f"SIGSTOP worker w1 mid-batch for 15s (Faust's group session timeout is "
            f"{WORKER_ENV['BROKER_SESSION_TIMEOUT']}s)")
-    f.begin("w1 paused")
-    w.pause()
-    f.in_force()
-    await asyncio.sleep(15)
-    f.lifting()
-    w.resume()
-    f.heal()
+    await f.held("w1 paused", w.pause, w.resume, 15)
 
 
 async def stall_leader_disk(f: Fault) -> None:
-    leader = await f.env.leader(f.busy_room)
+    leader, c = await f.env.leader(f.busy_room), f.cluster
     f.note(f"freeze broker {leader}'s disk (busy leader) for 15s")
-    f.begin(f"broker {leader} disk stalled")
-    await f.env.do(f.cluster.disk_stall, leader)
-    f.in_force()
-    await f.hold(15, describe_at=10)
-    f.lifting()
-    await f.env.do(f.cluster.disk_resume, leader)
-    f.heal()
+    await f.held(f"broker {leader} disk stalled", lambda: c.disk_stall(leader), lambda: c.disk_resume(leader), 15,
+                 describe_at=10)
 
 
 @dataclass
@@ -513,14 +457,19 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
 
         await asyncio.gather(rec.run(stop, max_duration=PRE + sc.hold + POST + 180, retry_for=30),
                              fault_then_stop())
+        t = time.monotonic()
         await env.restore()
         why = await env.whole()
-        if why:
-            fault.note(f"cluster not whole after healing: {why}")
+        fault.note(f"load done; cluster whole again {time.monotonic() - t:.0f}s later" if not why
+                   else f"cluster not whole after healing: {why}")
+        t = time.monotonic()
         log = await settle(subs, set(rooms), env.cluster.bootstrap)
         history = History(rec.ops, subs, log, {}, fault.windows, busy_room=rooms[0])
         expected = expected_counts(history)
+        t_subs = time.monotonic() - t
         history.counts = await settled_counts(urls, users, {u: expected.get(u, 0) for u in users}, fault)
+        fault.note(f"log read and subscribers caught up in {t_subs:.0f}s; counts settled "
+                   f"{time.monotonic() - t - t_subs:.0f}s later")
         out.verdict = check(history)
         out.attempts = attempt_summary(rec, fault.windows)
         if why:

@@ -4,12 +4,13 @@ run the scripts the manifests carry, and read the Dockerfile."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from kchat_testkit.procs import free_ports  # noqa: F401 (tests use s.free_ports)
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -178,20 +179,6 @@ def render_node_properties(config_dir: Path, out: Path, env: dict[str, str]) -> 
     assert proc.returncode == 0, f"kafka-start.sh failed ({proc.returncode}): {proc.stderr}"
     assert proc.stdout.strip() == str(out)
     return read_properties(out)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held open together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ------------------------------------------------------------------------------------------------------------
