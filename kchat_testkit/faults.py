@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 
 from kchat_faust.models import partition_for
 
-from .history import History, Recorder, Verdict, Window, check, expected_counts, read_counts, read_log
+from .history import KEY_RE, History, Recorder, Verdict, Window, check, expected_counts, read_counts, read_log
 from .kafka import KafkaCluster, Partition, parse_describe, run_kafka_local
 from .sse import Subscriber
 from .worker import Worker
@@ -177,6 +177,7 @@ class Fault:
     rng: random.Random
     windows: list[Window] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pending: list[asyncio.Task] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
 
     def note(self, text: str) -> None:
@@ -199,12 +200,24 @@ class Fault:
         self.windows[-1].t_heal = time.monotonic()
 
     async def hold(self, seconds: float, describe_at: float | None = None) -> None:
-        """Keep the fault for `seconds`; describe the busy room's partition `describe_at` seconds in."""
+        """Keep the fault for `seconds`; describe the busy room's partition `describe_at` seconds in, on the side
+        (TopicCommand may wait long on a paused or cut-off broker: that must not lengthen the fault)."""
         end = time.monotonic() + seconds
         if describe_at is not None and describe_at < seconds:
             await asyncio.sleep(describe_at)
-            self.note(f"during: {await self.env.describe_room(self.busy_room)}")
+            t = time.monotonic() - self.t0
+
+            async def describe() -> None:
+                self.notes.append(f"{t:6.1f}s during: {await self.env.describe_room(self.busy_room)}")
+            self.pending.append(asyncio.create_task(describe()))
         await asyncio.sleep(max(0.0, end - time.monotonic()))
+
+    async def finish(self) -> None:
+        """Wait (a while) for the describes still running."""
+        if self.pending:
+            await asyncio.wait(self.pending, timeout=60)
+            for task in self.pending:
+                task.cancel()
 
     async def held(self, name: str, make: Callable[[], object], undo: Callable[[], object], seconds: float,
                    describe_at: float | None = None) -> None:
@@ -397,12 +410,17 @@ def rooms_for(run_id: str, n: int = 3) -> list[str]:
 
 
 async def settle(subs: list[Subscriber], rooms: set[str], bootstrap: str, timeout: float = 60.0):
-    """Read the log, then wait until every subscriber has every record of its room (at most timeout)."""
+    """Read the log, then wait until every subscriber has every message of its room (its first copy: readers
+    drop later copies of a key) -- at most timeout."""
     deadline = time.monotonic() + timeout
     log = await read_log(bootstrap, rooms)
-    want = {room: {(r.partition, r.offset) for r in log if r.room == room} for room in rooms}
+    first = {}
+    for r in log:
+        first.setdefault(r.key, r)
+    want = {room: {r.key for r in first.values() if r.room == room} for room in rooms}
     while time.monotonic() < deadline:
-        if all(want[s.room] <= {(e.partition, e.offset) for e in s.events} for s in subs):
+        if all(want[s.room] <= {KEY_RE.match(e.text).group(1) for e in s.events if KEY_RE.match(e.text)}
+               for s in subs):
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(2)  # room for late duplicates to show
@@ -454,6 +472,7 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
                 await asyncio.sleep(POST)  # load after healing: how it recovers
             finally:
                 stop.set()
+                await fault.finish()
 
         await asyncio.gather(rec.run(stop, max_duration=PRE + sc.hold + POST + 180, retry_for=30),
                              fault_then_stop())
@@ -480,7 +499,7 @@ async def run_scenario(env: Env, sc: Scenario, rate: float, rng: random.Random) 
     finally:
         for s in subs:
             await s.stop()
-        out.notes = fault.notes
+        out.notes = sorted(fault.notes, key=lambda n: float(n.split('s', 1)[0]))  # describes finish late
         out.seconds = time.monotonic() - began
     return out
 
