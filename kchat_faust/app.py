@@ -66,6 +66,11 @@ class KchatApp(faust.App):
         # table recovery).
         return [self.brokers, *super().on_init_dependencies()]
 
+    def presence_online(self) -> dict[str, int]:
+        """Named users online per room, in the rooms whose presence this worker holds."""
+        return {room: len(presence.listing(state)["users"]) for room, state in self.presence_table.items()
+                if state and room != presence.WORKERS}
+
     def readiness(self) -> dict[str, bool]:
         recovery = self.tables.recovery
         return {
