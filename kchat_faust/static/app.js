@@ -187,103 +187,77 @@
     });
   }
 
-  // -- per-user counts -------------------------------------------------------------------
-  async function refreshStats(s) {
+  // -- the side panel: counts, who is online, the rooms ------------------------------------
+  // Fetches url for session s, shows it with render (which may return a note), and does so again
+  // every STATS_EVERY_MS; on failure the note says why.
+  async function poll(s, what, url, render, note, timer, again = true) {
     if (session !== s) return;
     try {
-      const r = await fetch("/stats/users", { cache: "no-store" });
+      const r = await fetch(url, { cache: "no-store", headers: authHeaders(s, {}) });
       const body = await r.json().catch(() => ({}));
       if (session !== s) return;
       if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
-      renderStats(body.users || {});
-      ui.usersNote.textContent = "";
+      note.textContent = render(body) || "";
     } catch (err) {
-      if (session === s) ui.usersNote.textContent = "counts unavailable: " + err.message;
+      if (session === s) note.textContent = what + " unavailable: " + err.message;
     } finally {
-      if (session === s) s.statsTimer = setTimeout(() => refreshStats(s), STATS_EVERY_MS);
+      if (again && session === s) s[timer] = setTimeout(() => poll(s, what, url, render, note, timer), STATS_EVERY_MS);
     }
+  }
+
+  function refreshStats(s) {
+    poll(s, "counts", "/stats/users", (body) => renderStats(body.users || {}), ui.usersNote, "statsTimer");
   }
 
   function renderStats(users) {
     const rows = Object.entries(users).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-    const items = rows.map(([name, count]) => {
-      const li = document.createElement("li");
-      li.dataset.user = name;
-      if (session && name === session.user) li.classList.add("own");
-      const n = document.createElement("span");
-      n.className = "user";
-      n.textContent = name;
-      const c = document.createElement("span");
-      c.className = "count";
-      c.textContent = String(count);
-      li.append(n, c);
-      return li;
-    });
-    ui.users.replaceChildren(...items);
+    ui.users.replaceChildren(...rows.map(([name, count]) => userRow(name, String(count))));
   }
 
-  // -- who is online, and the rooms --------------------------------------------------------
-  async function refreshPresence(s, again = true) {
-    if (session !== s) return;
-    try {
-      const r = await fetch(roomUrl(s.room, "/presence"), { cache: "no-store", headers: authHeaders(s, {}) });
-      const body = await r.json().catch(() => ({}));
-      if (session !== s) return;
-      if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
-      const items = (body.users || []).map((u) => {
-        const li = document.createElement("li");
-        li.dataset.user = u.user;
-        if (u.user === s.user) li.classList.add("own");
-        const n = document.createElement("span");
-        n.className = "user";
-        n.textContent = u.user;
-        const c = document.createElement("span");
-        c.className = "count";
-        c.textContent = u.sessions > 1 ? u.sessions + " tabs" : "";
-        li.append(n, c);
-        return li;
-      });
-      ui.online.replaceChildren(...items);
-      ui.onlineNote.textContent = body.anonymous ? "and " + body.anonymous + " anonymous" : "";
-    } catch (err) {
-      if (session === s) ui.onlineNote.textContent = "presence unavailable: " + err.message;
-    } finally {
-      if (again && session === s) s.presenceTimer = setTimeout(() => refreshPresence(s), STATS_EVERY_MS);
-    }
+  // A user and a figure, as the side panel's lists show them.
+  function userRow(name, figure) {
+    const li = document.createElement("li");
+    li.dataset.user = name;
+    if (session && name === session.user) li.classList.add("own");
+    const n = document.createElement("span");
+    n.className = "user";
+    n.textContent = name;
+    const c = document.createElement("span");
+    c.className = "count";
+    c.textContent = figure;
+    li.append(n, c);
+    return li;
   }
 
-  async function refreshRooms(s) {
-    if (session !== s) return;
-    try {
-      const r = await fetch("/api/rooms", { cache: "no-store" });
-      const body = await r.json().catch(() => ({}));
-      if (session !== s) return;
-      if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
-      const items = (body.rooms || []).slice(0, 30).map((room) => {
+  function refreshPresence(s, again = true) {
+    poll(s, "presence", roomUrl(s.room, "/presence"), (body) => {
+      ui.online.replaceChildren(...(body.users || []).map(
+        (u) => userRow(u.user, u.sessions > 1 ? u.sessions + " tabs" : "")));
+      return body.anonymous ? "and " + body.anonymous + " anonymous" : "";
+    }, ui.onlineNote, "presenceTimer", again);
+  }
+
+  function refreshRooms(s) {
+    poll(s, "rooms", "/api/rooms", (body) => {
+      ui.rooms.replaceChildren(...(body.rooms || []).slice(0, 30).map((room) => {
         const li = document.createElement("li");
         li.dataset.room = room.room;
         if (room.room === s.room) li.classList.add("current");
         const b = document.createElement("button");
         b.type = "button";
+        b.title = room.messages_last_hour + " messages in the last hour";
         const n = document.createElement("span");
         n.className = "name";
         n.textContent = room.room;
         const a = document.createElement("span");
         a.className = "activity";
         a.textContent = room.messages_last_minute + "/min · " + room.online + " online";
-        b.title = room.messages_last_hour + " messages in the last hour";
         b.append(n, a);
         b.addEventListener("click", () => { if (room.room !== s.room) join(s.user, room.room, s.token); });
         li.append(b);
         return li;
-      });
-      ui.rooms.replaceChildren(...items);
-      ui.roomsNote.textContent = "";
-    } catch (err) {
-      if (session === s) ui.roomsNote.textContent = "rooms unavailable: " + err.message;
-    } finally {
-      if (session === s) s.roomsTimer = setTimeout(() => refreshRooms(s), STATS_EVERY_MS);
-    }
+      }));
+    }, ui.roomsNote, "roomsTimer");
   }
 
   // -- sending ---------------------------------------------------------------------------
