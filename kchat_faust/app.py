@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         config={"min.insync.replicas": str(settings.min_insync_replicas)},
     )
     app.rooms = rooms.setup(app)
-    app.counts = counting.setup(app, chat_topic, on_message=app.rooms.tally)
+    app.counts = counting.setup(app, chat_topic, on_messages=app.rooms.tally)
     app.presence_table = presence.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
     app.sessions = app.service(presence.Sessions(

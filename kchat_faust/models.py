@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -160,7 +159,7 @@ def decode_record(value: bytes | None, partition: int, offset: int,
     if value is None:
         return None
     try:
-        data = json.loads(value)
+        data = orjson.loads(value)
         if isinstance(data, dict):
             if {"id", "room", "user", "text", "sent_at"} <= data.keys():
                 return ChatMessage(id=_text(data["id"]), room=_text(data["room"]), user=_text(data["user"]),
@@ -168,7 +167,7 @@ def decode_record(value: bytes | None, partition: int, offset: int,
             if data.get("presence") in ("join", "leave") and {"id", "room", "user", "at"} <= data.keys():
                 return Presence(id=_text(data["id"]), kind=data["presence"], room=_text(data["room"]),
                                 user=_text(data["user"]), at=_text(data["at"]))
-    except (ValueError, UnicodeDecodeError):
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         pass
     text = value.decode("utf-8", errors="replace")
     user, text = parse_compat_body(text)
