@@ -258,6 +258,18 @@ class E2E:
             raise CheckFailed("a name outside cluster.local resolved: queries leave the cluster DNS")
         return f"{', '.join(f'{n}={got[n].strip()}' for n in names[:BROKERS])}; short name ok; outside names: NXDOMAIN"
 
+    def config_warnings(self):
+        """Kafka warns at start-up about settings in the wrong role or about to be ignored: none may appear."""
+        found = []
+        for pod, container in [(f"kafka-{i}", "broker") for i in range(BROKERS)] + [
+                (f"kafka-controller-{i}", "controller") for i in range(CONTROLLERS)]:
+            logs = self.kubectl("logs", "-n", NS, pod, "-c", container, timeout=60).stdout
+            found += [f"{pod}: {line.split('] ', 1)[-1][:160]}" for line in logs.splitlines()
+                      if " WARN " in line and "(kafka.server.KafkaConfig)" in line]
+        if found:
+            raise CheckFailed(f"{len(found)} configuration warning(s): " + "; ".join(sorted(set(found))[:4]))
+        return f"none in the logs of {BROKERS} brokers and {CONTROLLERS} controllers"
+
     def topic_job(self):
         def probe():
             job = self.kjson("get", "job", "chatroom-topic", "-n", NS)
@@ -555,6 +567,7 @@ class E2E:
         c("3 KRaft controllers Ready", lambda: self.pods_ready("app=kafka-controller", CONTROLLERS, 600, "controllers"))
         c("4 brokers Ready", lambda: self.pods_ready("app=kafka", BROKERS, 600, "brokers"))
         if not a.smoke:
+            c("Kafka logs no configuration warnings (KafkaConfig)", self.config_warnings, essential=False)
             c("per-pod DNS names of the brokers resolve inside a pod", self.dns, essential=False)
         c("Job chatroom-topic complete", self.topic_job)
         if not a.smoke:

@@ -426,6 +426,16 @@ def test_start_script_fills_in_each_pods_identity(variants, broker_config, tmp_p
         assert voters[i].endswith(p["advertised.listeners"].split("://", 1)[1])
 
 
+def test_topic_defaults_are_set_where_kraft_applies_them(broker_config):
+    """The controllers create topics in KRaft: a broker's num.partitions / default.replication.factor only earn a
+    start-up warning from Kafka 4.3 (seen in the pods' logs by k8s/e2e.py) and are ignored from 5.0 on."""
+    broker = s.read_properties(broker_config / "broker.properties")
+    controller = s.read_properties(broker_config / "controller.properties")
+    for key in ("num.partitions", "default.replication.factor"):
+        assert key not in broker and key in controller, key
+    assert int(controller["default.replication.factor"]) <= BROKERS
+
+
 def test_start_script_refuses_what_it_cannot_fill(broker_config, tmp_path):
     base = {"PATH": "/usr/bin:/bin", "KAFKA_RENDER_ONLY": "true", "KAFKA_PROPERTIES_OUT": str(tmp_path / "x")}
     for env, message in [({"KAFKA_POD_NAME": "kafka-0"}, "KAFKA_ROLE"),
