@@ -92,11 +92,15 @@ class E2E:
         self.first_failure: str | None = None
         self.run_id = f"k8s{uuid.uuid4().hex[:6]}"
         self.rng = random.Random(args.seed)
-        self.sysctl_before = {k: Path("/proc/sys", k.replace(".", "/")).read_text().strip()
-                              for k in ("net.ipv4.ip_forward", "net.ipv4.conf.all.route_localnet",
-                                        "net.bridge.bridge-nf-call-iptables")}
+        self.sysctl_before = self.sysctls()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def sysctls():
+        """What `up` and the kubelet may change, as the machine has it now."""
+        out = subprocess.run([str(K8S_LOCAL), "sysctls"], capture_output=True, text=True, check=True).stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
     def left(self, wanted: float) -> float:
         remaining = self.t_end - time.monotonic()
         if remaining <= 0:
@@ -241,7 +245,8 @@ class E2E:
         def probe():
             pods, ready = self.ready_pods(selector)
             states = ", ".join(f"{p['metadata']['name']}:{pod_state(p)}" for p in pods)
-            return len(ready) == count, f"{len(ready)}/{count} Ready ({states or 'no pods'})"
+            restarts = sum(cs.get("restartCount", 0) for p in pods for cs in p["status"].get("containerStatuses", []))
+            return len(ready) == count, f"{len(ready)}/{count} Ready, {restarts} restart(s) ({states or 'no pods'})"
         return self.wait(f"{what} Ready", probe, timeout, interval=3)
 
     def dns(self):
@@ -549,11 +554,12 @@ class E2E:
     def down(self):
         self.sh([K8S_LOCAL, "down"], timeout=300)
         left = self.sh([K8S_LOCAL, "leftovers"], check=False)
-        now = {k: Path("/proc/sys", k.replace(".", "/")).read_text().strip() for k in self.sysctl_before}
-        changed = {k: (self.sysctl_before[k], v) for k, v in now.items() if v != self.sysctl_before[k]}
+        now = self.sysctls()
+        changed = {k: (v, now.get(k)) for k, v in self.sysctl_before.items() if now.get(k) != v}
         if left.returncode != 0 or changed:
             raise CheckFailed(f"left behind: {left.stdout.strip()[:600]} sysctls (before, after): {changed}")
-        return "no process, mount, cgroup, link, address, nft table, iptables chain or changed sysctl left"
+        return ("no process, mount, cgroup, link, address, nft table, iptables chain, host file or changed sysctl "
+                "left")
 
     def run(self):
         a, t0 = self.args, time.monotonic()

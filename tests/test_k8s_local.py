@@ -17,13 +17,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 K8S_LOCAL = REPO / "scripts" / "k8s-local"
 ARTIFACTS = REPO / "test-artifacts"
-SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.route_localnet", "net.bridge.bridge-nf-call-iptables")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a local Kubernetes needs root")
 
 
 def sysctls() -> dict[str, str]:
-    return {k: Path("/proc/sys", k.replace(".", "/")).read_text().strip() for k in SYSCTLS}
+    """Every sysctl that `up` or the kubelet changes, as the machine has it now."""
+    out = subprocess.run([str(K8S_LOCAL), "sysctls"], capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
 
 
 def k8s_local(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
