@@ -154,8 +154,8 @@ class E2E:
             try:
                 detail = fn() or ""
                 result = "passed"
-            except (CheckFailed, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-                result, detail = "failed", str(e) or e.__class__.__name__
+            except Exception as e:  # a check's own bug fails that check, not the tear-down
+                result, detail = "failed", (str(e) if isinstance(e, CheckFailed) else f"{e.__class__.__name__}: {e}")
                 if essential or isinstance(e, Deadline):
                     self.first_failure = name
                 self.collect_logs(name)
@@ -525,7 +525,7 @@ class E2E:
         await self.blocking(lambda: self.kubectl("set", "image", "-n", NS, "deployment/kchat", f"kchat=kchat-faust:{tag}"))
         fig["image"] = f"kchat-faust:{tag}"
         t = time.monotonic()
-        samples, pdb_min = [], None
+        samples, pdb_min, replaced_while_posting = [], None, 0
         min_available = self.kjson("get", "pdb", "kchat", "-n", NS)["spec"]["minAvailable"]
         while time.monotonic() - t < self.left(600):
             _pods, ready = await self.blocking(self.ready_pods, "app=kchat")
@@ -533,7 +533,10 @@ class E2E:
             samples.append(len(ready))
             pdb_min = min(pdb_min if pdb_min is not None else 99, pdb.get("currentHealthy", 0))
             images = {p["spec"]["containers"][0]["image"] for p in ready}
-            if len(ready) == WORKERS and images == {f"kchat-faust:{tag}"} and not old & {p["metadata"]["name"] for p in ready}:
+            names = {p["metadata"]["name"] for p in ready}
+            if not done.is_set():
+                replaced_while_posting = len(old - names)
+            if len(ready) == WORKERS and images == {f"kchat-faust:{tag}"} and not old & names:
                 break
             await asyncio.sleep(1)
         fig["rollout_seconds"] = round(time.monotonic() - t, 1)
@@ -541,7 +544,7 @@ class E2E:
         fig["pdb_min_available"] = min_available
         fig["pdb_current_healthy_min"] = pdb_min
         rep.disrupted = "kchat pod"
-        rep.kills_while_posting = len(old) if not done.is_set() else 0
+        rep.kills_while_posting = replaced_while_posting
         status = await self.blocking(lambda: self.kubectl("rollout", "status", "-n", NS, "deployment/kchat",
                                                           "--timeout=10s", check=False))
         if status.returncode != 0:
@@ -562,9 +565,29 @@ class E2E:
                 "left")
 
     def run(self):
-        a, t0 = self.args, time.monotonic()
+        t0 = time.monotonic()
         ARTIFACTS.mkdir(exist_ok=True)
-        c = self.check
+        try:
+            self.checks_in_order()
+        finally:  # also on Ctrl-C: no cluster is left behind unless asked for
+            if self.args.keep:
+                print(f"k8s-e2e: cluster kept (K8S_KEEP=1): scripts/k8s-local kubectl get pods -n {NS}; page on "
+                      f"{WEB}/; scripts/k8s-local down to remove it", flush=True)
+            else:
+                self.first_failure = None  # tear down whatever happened before
+                self.t_end = max(self.t_end, time.monotonic() + 300)
+                self.check("down leaves nothing behind", self.down)
+        passed = sum(ch["result"] == "passed" for ch in self.checks)
+        failed = len(self.checks) - passed
+        name = "k8s-smoke" if self.args.smoke else "k8s-e2e"
+        report = {"name": name, "run_id": self.run_id, "passed": passed, "failed": failed,
+                  "seconds": round(time.monotonic() - t0, 1), "checks": self.checks, **self.figures}
+        (ARTIFACTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{name}: {passed} passed, {failed} failed")
+        return 1 if failed else 0
+
+    def checks_in_order(self):
+        a, c = self.args, self.check
         c("cluster up (scripts/k8s-local up)", self.up)
         c("images built here and loaded into containerd", self.images)
         c("k8s/overlays/local applied (only the Kafka image overridden)", self.apply)
@@ -588,21 +611,6 @@ class E2E:
             c(f"Part 2: {a.posts} posts, a broker pod deleted every {a.interval:g}s, then a kchat pod", self.chaos,
               essential=False)
             c(f"rolling update of Deployment kchat under {a.rollout_posts} posts", self.rollout, essential=False)
-        if a.keep:
-            print(f"k8s-e2e: cluster kept (K8S_KEEP=1): scripts/k8s-local kubectl get pods -n {NS}; page on "
-                  f"{WEB}/; scripts/k8s-local down to remove it", flush=True)
-        else:
-            self.first_failure = None  # tear down whatever happened before
-            self.t_end = max(self.t_end, time.monotonic() + 300)
-            c("down leaves nothing behind", self.down)
-        passed = sum(ch["result"] == "passed" for ch in self.checks)
-        failed = len(self.checks) - passed
-        name = "k8s-smoke" if a.smoke else "k8s-e2e"
-        report = {"name": name, "run_id": self.run_id, "passed": passed, "failed": failed,
-                  "seconds": round(time.monotonic() - t0, 1), "checks": self.checks, **self.figures}
-        (ARTIFACTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"{name}: {passed} passed, {failed} failed")
-        return 1 if failed else 0
 
 
 def pod_state(p):
