@@ -36,8 +36,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -118,6 +118,28 @@ class E2E:
             raise CheckFailed(f"`{' '.join(map(str, cmd[:6]))}` failed ({cp.returncode}): {err[-1][:300] if err else ''}")
         return cp
 
+    def stream(self, cmd, timeout):
+        """Run a long step whose progress lines (stderr) the operator should see as they come; returns them."""
+        lines = []
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+        expired = threading.Event()
+        timer = threading.Timer(self.left(timeout), lambda: (expired.set(), proc.kill()))
+        timer.start()
+        try:
+            for line in proc.stderr:  # the step's own lines are few: one per stage
+                lines.append(line.rstrip("\n"))
+                print(f"k8s-e2e:   {lines[-1]}", flush=True)
+            proc.wait()
+        finally:
+            timer.cancel()
+        if expired.is_set():
+            raise CheckFailed(f"`{' '.join(map(str, cmd[:3]))}` did not finish within {timeout:.0f}s")
+        if proc.returncode != 0:
+            raise CheckFailed(f"`{' '.join(map(str, cmd[:3]))}` failed ({proc.returncode}): "
+                              f"{lines[-1][:300] if lines else ''}")
+        return lines
+
     def kubectl(self, *args, **kw):
         return self.sh([K8S_LOCAL, "kubectl", *args], **kw)
 
@@ -181,19 +203,19 @@ class E2E:
 
     # -- Part 1 ---------------------------------------------------------------------------------------------------
     def up(self):
-        self.sh([K8S_LOCAL, "up"], timeout=3600)  # a cold install builds Kubernetes (~15 min)
+        self.stream([K8S_LOCAL, "up"], timeout=3600)  # a cold install builds Kubernetes (~15 min)
         node = self.kjson("get", "node")["items"][0]
         return f"node {node['metadata']['name']} {node['status']['nodeInfo']['kubeletVersion']}"
 
     def images(self):
-        cp = self.sh([K8S_LOCAL, "images"], timeout=3600)
+        lines = self.stream([K8S_LOCAL, "images"], timeout=3600)
         names = self.sh([K8S_LOCAL, "ctr", "images", "list", "-q"]).stdout.split()
         want = [f"docker.io/library/kchat-faust:{self.project_version()}",
                 f"docker.io/library/kchat-kafka:{kafka_version()}", "localhost/kchat-pause:1.0"]
         missing = [w for w in want if w not in names]
         if missing:
             raise CheckFailed(f"not in containerd: {', '.join(missing)}")
-        return "; ".join(line.split(": ", 1)[1] for line in cp.stderr.splitlines() if "ready (" in line)
+        return "; ".join(line.split(": ", 1)[1] for line in lines if "ready (" in line)
 
     @staticmethod
     def project_version():
