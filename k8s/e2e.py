@@ -231,6 +231,12 @@ class E2E:
                 f"images:\n  - name: apache/kafka\n    newName: kchat-kafka\n    newTag: \"{kafka_version()}\"\n")
             rendered = self.sh([kustomize, "build", tmp]).stdout
         (ARTIFACTS / "k8s-e2e-applied.yaml").write_text(rendered)
+        # ... and nothing else: the overlay as users get it, with only the Kafka image's name changed.
+        overlay = self.sh([kustomize, "build", REPO / "k8s" / "overlays" / "local"]).stdout
+        ours = f"kchat-kafka:{kafka_version()}"
+        if overlay.replace(f"apache/kafka:{kafka_version()}", ours) != rendered or ours not in rendered:
+            raise CheckFailed("the applied manifests differ from k8s/overlays/local by more than the Kafka image "
+                              f"(or the overlay does not name apache/kafka:{kafka_version()})")
         # A new namespace's default ServiceAccount is created by the controller-manager moments after the
         # namespace: a bare Pod applied at once can be refused until then. kubectl apply is idempotent.
         for attempt in range(1, 6):
