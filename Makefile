@@ -47,9 +47,15 @@ run: setup
 down:
 	@$(KAFKA) down
 
+# As root, the local Kubernetes and its images (tests/test_k8s_local.py, run last) are built in the background at
+# the lowest priority while the other tests run: the first time that is ~20 minutes of building.
 test: setup
 	@scripts/install-kustomize >/dev/null
 	@scripts/install-chromium
+	@mkdir -p test-artifacts
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "building the local Kubernetes and its images in the background (log test-artifacts/k8s-prefetch.log)"; \
+	  nice -n 19 scripts/k8s-local prefetch > test-artifacts/k8s-prefetch.log 2>&1 & fi
 	$(PY) -m pytest -ra
 
 $(VENV)/.bench-installed: $(VENV)/.installed
