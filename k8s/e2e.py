@@ -275,7 +275,23 @@ class E2E:
             states = ", ".join(f"{p['metadata']['name']}:{pod_state(p)}" for p in pods)
             restarts = sum(cs.get("restartCount", 0) for p in pods for cs in p["status"].get("containerStatuses", []))
             return len(ready) == count, f"{len(ready)}/{count} Ready, {restarts} restart(s) ({states or 'no pods'})"
-        return self.wait(f"{what} Ready", probe, timeout, interval=3)
+        detail = self.wait(f"{what} Ready", probe, timeout, interval=3)
+        return detail + self.save_previous_logs(selector)
+
+    def save_previous_logs(self, selector):
+        """The log of a restarted container's previous run, for the operator to see why it stopped."""
+        saved = []
+        for p in self.kjson("get", "pods", "-n", NS, "-l", selector)["items"]:
+            for cs in p["status"].get("containerStatuses", []):
+                if cs.get("restartCount"):
+                    name = f"{p['metadata']['name']}.{cs['name']}.previous.log"
+                    logs = self.kubectl("logs", "-n", NS, p["metadata"]["name"], "-c", cs["name"], "--previous",
+                                        "--tail=200", check=False, timeout=60)
+                    (ARTIFACTS / "k8s-e2e-logs").mkdir(parents=True, exist_ok=True)
+                    (ARTIFACTS / "k8s-e2e-logs" / name).write_text(logs.stdout + logs.stderr)
+                    reason = cs.get("lastState", {}).get("terminated", {})
+                    saved.append(f"{p['metadata']['name']} (exit {reason.get('exitCode')}, {reason.get('reason')})")
+        return f"; restarted: {', '.join(saved)}, their previous logs in test-artifacts/k8s-e2e-logs/" if saved else ""
 
     def dns(self):
         pods = {p["metadata"]["name"]: p["status"].get("podIP") for p in self.ready_pods("app=kafka")[1]}
