@@ -83,6 +83,10 @@ class Config:
     settle: float = 3.0  # then this long more, for late (503'd but stored) messages and duplicates
     counts_timeout: float = 120.0
     seed: int | None = None
+    # A post that got no HTTP answer at all (the connection reset as a worker pod stopped) counts as not
+    # confirmed, like a 503, instead of failing the run: on Kubernetes the NodePort may hand a request to a
+    # worker that is going away.
+    unanswered_ok: bool = False
     state_dir: Path | None = None
     keep: bool = False
     progress: bool = True
@@ -141,6 +145,28 @@ def leaders_line(describe_text: str) -> str:
     lp = parts.get(room_partition(ROOM, len(parts)))
     room = f" | {ROOM} p{lp.partition}: leader {lp.leader}, isr {','.join(map(str, lp.isr))}" if lp else ""
     return f"leaders {lead} | isr sizes {isr}{room}"
+
+
+# -- posting ---------------------------------------------------------------------------------------------
+async def send_post(session: aiohttp.ClientSession, p: Post, base: str, timeout: aiohttp.ClientTimeout) -> None:
+    """POST p through the seed's endpoint of base and record the answer in p."""
+    p.t_sent = time.monotonic()
+    try:
+        async with session.post(f"{base}/api/topics/{TOPIC}", data=f"{p.user}: {p.text}".encode(), timeout=timeout,
+                                headers={"Content-Type": "text/plain; charset=utf-8"}) as r:
+            body = await r.read()
+            p.status = r.status
+            p.event_id = r.headers.get("X-Kchat-Event-Id")
+            if r.status == 200:
+                try:
+                    p.offset = split_event_id(p.event_id or "")[1]
+                except ValueError:
+                    pass
+            else:
+                p.error = body.decode("utf-8", "replace")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        p.error = f"{exc.__class__.__name__}: {exc}"
+    p.t_done = time.monotonic()
 
 
 # -- subscribers -------------------------------------------------------------------------------------------
@@ -258,6 +284,7 @@ class Report:
     subscribers: list[Subscriber] = field(default_factory=list)
     chaos: list[ChaosEvent] = field(default_factory=list)
     kills_while_posting: int = 0
+    disrupted: str = "broker"  # what kills_while_posting counts
     describe_before: str = ""
     describe_after: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # worker url -> {user: count}
@@ -288,7 +315,7 @@ class Report:
         f: list[str] = []
         posts = {p.text: p for p in self.posts}
         ok = self.ok_posts()
-        bad = [p for p in self.posts if p.status not in (200, 503)]
+        bad = [p for p in self.posts if not self.unconfirmed(p) and p.status != 200]
         if bad:
             kinds = Counter(f"{p.status}: {p.error[:120]}" for p in bad)
             f.append(f"{len(bad)} post(s) answered neither 200 nor 503: "
@@ -350,7 +377,8 @@ class Report:
             if never:
                 f.append(f"{label}: {len(never)} message(s) that were never posted, e.g. {never[0].user}: "
                          f"{never[0].text!r} at {never[0].event_id}")
-            other = [m for m in s.received if m.text in posts and posts[m.text].status not in (200, 503)]
+            other = [m for m in s.received if m.text in posts and posts[m.text].status != 200
+                     and not self.unconfirmed(posts[m.text])]
             if other:
                 f.append(f"{label}: received {len(other)} message(s) whose post got neither 200 nor 503")
             if set(texts) != union:
@@ -369,7 +397,7 @@ class Report:
             f.append("no counts were read")
 
         if self.kills_while_posting < 1:
-            f.append("no broker was killed while posts were in flight: lower --interval or raise --posts")
+            f.append(f"no {self.disrupted} was killed while posts were in flight: lower --interval or raise --posts")
         if not self.brokers_alive_at_end:
             f.append("not every broker was running at the end")
         return f
@@ -386,6 +414,10 @@ class Report:
                 out[users[t]] += 1
         return out
 
+    def unconfirmed(self, p: Post) -> bool:
+        """A post that may or may not be stored: a 503, or no answer at all where the run accepts that."""
+        return p.status == 503 or (p.status is None and bool(p.t_done) and self.config.unanswered_ok)
+
     def count_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
         lows = {u: 0 for u in self.users()}
         highs = dict(lows)
@@ -393,7 +425,7 @@ class Report:
             if p.status == 200:
                 lows[p.user] += 1
                 highs[p.user] += 1
-            elif p.status == 503:
+            elif self.unconfirmed(p):
                 highs[p.user] += 1
         return lows, highs
 
@@ -475,6 +507,56 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(cell.rjust(w) if k else cell.ljust(w) for k, (cell, w) in enumerate(zip(r, widths)))
             for r in rows]
+
+
+async def wait_delivery(rep: Report, cfg: Config) -> None:
+    """Until every subscriber has every 200'd message (at most cfg.deliver_timeout), then cfg.settle more."""
+    ok = {p.text for p in rep.ok_posts()}
+    deadline = time.monotonic() + cfg.deliver_timeout
+    while time.monotonic() < deadline:
+        if all(ok <= {m.text for m in s.received} for s in rep.subscribers):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(cfg.settle)
+
+
+async def read_counts(rep: Report, session: aiohttp.ClientSession, urls: list[str], timeout: float) -> None:
+    """Ask every url for GET /stats/users until all answer the log's counts (then a few times more: they must
+    stay), at most timeout seconds; the last answers go to rep.counts (a url asked twice gets a #n suffix)."""
+    users = rep.users()
+    keys = [u if urls.count(u) == 1 else f"{u}#{k}" for k, u in enumerate(urls)]
+
+    async def ask(url: str) -> dict[str, int] | None:
+        try:
+            async with session.get(f"{url}/stats/users", timeout=aiohttp.ClientTimeout(total=15)) as r:
+                if r.status != 200:
+                    rep.counts_history.append(f"{url}: HTTP {r.status}")
+                    return None
+                allc = (await r.json())["users"]
+                return {u: allc.get(u, 0) for u in users}
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            rep.counts_history.append(f"{url}: {exc.__class__.__name__}")
+            return None
+
+    expected = rep.expected_counts()
+    began = time.monotonic()
+    deadline = began + timeout
+    seen: list[dict | None] = []
+    while time.monotonic() < deadline:
+        seen = list(await asyncio.gather(*(ask(u) for u in urls)))
+        if all(s == expected for s in seen):
+            rep.counts_seconds = time.monotonic() - began
+            break
+        await asyncio.sleep(0.5)
+    if rep.counts_seconds is not None:
+        # and they stay: a late replay must not count anything twice
+        for _ in range(6):
+            await asyncio.sleep(0.5)
+            seen = list(await asyncio.gather(*(ask(u) for u in urls)))
+            if not all(s == expected for s in seen):
+                rep.counts_seconds = None
+                break
+    rep.counts = {k: s for k, s in zip(keys, seen) if s is not None}
 
 
 class Run:
@@ -571,24 +653,7 @@ class Run:
                     continue
                 p = Post(i=i, user=users[i % len(users)], text=f"m{i:05d} of {rep.run_id}", worker=i % 2)
                 rep.posts.append(p)
-                url = f"{self.workers[p.worker].url}/api/topics/{TOPIC}"
-                p.t_sent = time.monotonic()
-                try:
-                    async with session.post(url, data=f"{p.user}: {p.text}".encode(), timeout=timeout,
-                                            headers={"Content-Type": "text/plain; charset=utf-8"}) as r:
-                        body = await r.read()
-                        p.status = r.status
-                        p.event_id = r.headers.get("X-Kchat-Event-Id")
-                        if r.status == 200:
-                            try:
-                                p.offset = split_event_id(p.event_id or "")[1]
-                            except ValueError:
-                                pass
-                        else:
-                            p.error = body.decode("utf-8", "replace")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    p.error = f"{exc.__class__.__name__}: {exc}"
-                p.t_done = time.monotonic()
+                await send_post(session, p, self.workers[p.worker].url, timeout)
 
         async def progress() -> None:
             while True:
@@ -605,49 +670,10 @@ class Run:
             ticker.cancel()
 
     async def wait_delivery(self) -> None:
-        ok = {p.text for p in self.report.ok_posts()}
-        deadline = time.monotonic() + self.cfg.deliver_timeout
-        while time.monotonic() < deadline:
-            if all(ok <= {m.text for m in s.received} for s in self.report.subscribers):
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(self.cfg.settle)
+        await wait_delivery(self.report, self.cfg)
 
     async def read_counts(self, session: aiohttp.ClientSession) -> None:
-        rep = self.report
-        users = rep.users()
-
-        async def ask(w: Worker) -> dict[str, int] | None:
-            try:
-                async with session.get(f"{w.url}/stats/users", timeout=aiohttp.ClientTimeout(total=15)) as r:
-                    if r.status != 200:
-                        rep.counts_history.append(f"{w.url}: HTTP {r.status}")
-                        return None
-                    allc = (await r.json())["users"]
-                    return {u: allc.get(u, 0) for u in users}
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                rep.counts_history.append(f"{w.url}: {exc.__class__.__name__}")
-                return None
-
-        expected = rep.expected_counts()
-        began = time.monotonic()
-        deadline = began + self.cfg.counts_timeout
-        seen: list[dict | None] = []
-        while time.monotonic() < deadline:
-            seen = list(await asyncio.gather(*(ask(w) for w in self.workers)))
-            if all(s == expected for s in seen):
-                rep.counts_seconds = time.monotonic() - began
-                break
-            await asyncio.sleep(0.5)
-        if rep.counts_seconds is not None:
-            # and they stay: a late replay must not count anything twice
-            for _ in range(6):
-                await asyncio.sleep(0.5)
-                seen = list(await asyncio.gather(*(ask(w) for w in self.workers)))
-                if not all(s == expected for s in seen):
-                    rep.counts_seconds = None
-                    break
-        rep.counts = {w.url: s for w, s in zip(self.workers, seen) if s is not None}
+        await read_counts(self.report, session, [w.url for w in self.workers], self.cfg.counts_timeout)
 
     async def main(self) -> Report:
         cfg, rep = self.cfg, self.report
