@@ -52,6 +52,14 @@ class KchatApp(faust.App):
     def _new_web(self) -> web.KchatWeb:
         return web.KchatWeb(self)
 
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        timeout = self.settings.startup_timeout
+        if not await self.brokers.wait_until_reachable(timeout):
+            # One line, as for a bad setting: what it waited for, and where.
+            raise SystemExit(f"kchat: no Kafka broker answered within {timeout:g}s "
+                             f"(KCHAT_BROKER={self.settings.broker}, KCHAT_STARTUP_TIMEOUT)")
+
     async def on_stop(self) -> None:
         self.stop_budget.start()
         await super().on_stop()

@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 K8S_LOCAL = REPO / "scripts" / "k8s-local"
 ARTIFACTS = REPO / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a local Kubernetes needs root")
+# Kafka runs in the cluster's pods: not a unit test either.
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="a local Kubernetes needs root"), pytest.mark.kafka,
+              pytest.mark.k8s]
 
 
 def sysctls() -> dict[str, str]:
