@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 6066
 KAFKA := scripts/kafka-local
 
-.PHONY: help setup tools run down test bench chaos faults clean
+.PHONY: help setup tools run down test bench chaos faults k8s-e2e k8s-smoke k8s-down clean
 
 help:
 	@echo "make run     start a local Kafka (one broker) and a kchat worker on port $(PORT)"
@@ -16,6 +16,8 @@ help:
 	@echo "make chaos   the tutorial's chaos test, automated: 4 brokers, one SIGKILLed every 20 s (~5 min)"
 	@echo "make faults  the fault suite: kills, pauses, partitions, slow network, disk stall (root; <= 30 min;"
 	@echo "             FAULTS_ARGS=--quick: three of them, part of make test)"
+	@echo "make k8s-e2e the tutorial on a one-node Kubernetes built here: Part 1, Part 2, a rolling update"
+	@echo "             (~20 min, +20 the first time; K8S_KEEP=1 leaves the cluster up; make k8s-down removes it)"
 
 # Java 17+ and Maven run Kafka; openssl makes the secured cluster's certificates; ip, nft, iptables,
 # nsenter, losetup, mkfs.ext4 and fsfreeze make the fault suite's namespaces, cuts and disks. Debian's
@@ -52,9 +54,15 @@ run: setup
 down:
 	@$(KAFKA) down
 
+# As root, the local Kubernetes and its images (tests/test_k8s_local.py, run last) are built in the background at
+# the lowest priority while the other tests run: the first time that is ~20 minutes of building.
 test: setup
 	@scripts/install-kustomize >/dev/null
 	@scripts/install-chromium
+	@mkdir -p test-artifacts
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "building the local Kubernetes and its images in the background (log test-artifacts/k8s-prefetch.log)"; \
+	  nice -n 19 scripts/k8s-local prefetch > test-artifacts/k8s-prefetch.log 2>&1 & fi
 	$(PY) -m pytest -ra
 
 $(VENV)/.bench-installed: $(VENV)/.installed
@@ -72,6 +80,18 @@ chaos: setup
 # Network namespaces, nft, loop disks: needs root. A table, and JSON under test-artifacts/.
 faults: setup
 	$(PY) bench/faults.py $(FAULTS_ARGS)
+
+# A one-node Kubernetes built here (scripts/k8s-local), the images built here, k8s/overlays/local applied and
+# the tutorial checked step by step; test-artifacts/k8s-e2e.json. The cluster is removed at the end unless K8S_KEEP=1.
+k8s-e2e: setup
+	$(PY) k8s/e2e.py $(K8S_E2E_ARGS)
+
+# The short run that `make test` includes (tests/test_k8s_local.py): up, images, apply, Ready, one round trip.
+k8s-smoke: setup
+	$(PY) k8s/e2e.py --smoke $(K8S_E2E_ARGS)
+
+k8s-down:
+	@scripts/k8s-local down
 
 clean:
 	rm -rf $(VENV) .kafka-local .pytest_cache

@@ -52,6 +52,14 @@ class KchatApp(faust.App):
     def _new_web(self) -> web.KchatWeb:
         return web.KchatWeb(self)
 
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        timeout = self.settings.startup_timeout
+        if not await self.brokers.wait_until_reachable(timeout):
+            # One line, as for a bad setting: what it waited for, and where.
+            raise SystemExit(f"kchat: no Kafka broker answered within {timeout:g}s "
+                             f"(KCHAT_BROKER={self.settings.broker}, KCHAT_STARTUP_TIMEOUT)")
+
     async def on_stop(self) -> None:
         self.stop_budget.start()
         await super().on_stop()
@@ -65,6 +73,11 @@ class KchatApp(faust.App):
         # and with the brokers down at start the app's own services never start (they wait for
         # table recovery).
         return [self.brokers, *super().on_init_dependencies()]
+
+    def presence_online(self) -> dict[str, int]:
+        """Named users online per room, in the rooms whose presence this worker holds."""
+        return {room: len(presence.listing(state)["users"]) for room, state in self.presence_table.items()
+                if state and room != presence.WORKERS}
 
     def readiness(self) -> dict[str, bool]:
         recovery = self.tables.recovery
@@ -119,7 +132,7 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         config={"min.insync.replicas": str(settings.min_insync_replicas)},
     )
     app.rooms = rooms.setup(app)
-    app.counts = counting.setup(app, chat_topic, on_message=app.rooms.tally)
+    app.counts = counting.setup(app, chat_topic, on_messages=app.rooms.tally)
     app.presence_table = presence.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
     app.sessions = app.service(presence.Sessions(

@@ -8,6 +8,7 @@ the brokers every second (a metadata request), tells /readyz, and closes the epi
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -143,6 +144,20 @@ class BrokerWatch(mode.Service):
         self.gate.closing()
         if self._close is not None:
             await self._close()
+
+    async def wait_until_reachable(self, timeout: float) -> bool:
+        """Before the worker starts its Kafka clients: probe until a broker answers, at most `timeout`
+        seconds. Faust's clients give up for good when no broker answers as they start (a worker
+        started before its brokers exited and was restarted, over and over, with a growing back-off)."""
+        self.gate.install()
+        deadline = self.clock() + timeout
+        while True:
+            await self.check()
+            if self.reachable:
+                return True
+            if self.clock() >= deadline:
+                return False
+            await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
         try:

@@ -108,6 +108,7 @@ class Settings:
     keepalive: float = 15.0
     idempotency_window: float = limits.IDEMPOTENCY_WINDOW
     presence_timeout: float = 15.0
+    startup_timeout: float = 300.0
     log_format: str = "text"
     # limits (0 = off)
     max_streams: int = 20000
@@ -157,6 +158,7 @@ class Settings:
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
             idempotency_window=_float(env, "KCHAT_IDEMPOTENCY_WINDOW", cls.idempotency_window),
             presence_timeout=_float(env, "KCHAT_PRESENCE_TIMEOUT", cls.presence_timeout),
+            startup_timeout=_float(env, "KCHAT_STARTUP_TIMEOUT", cls.startup_timeout),
             log_format=_choice(env, "KCHAT_LOG_FORMAT", ("text", "json")),
             max_streams=_int(env, "KCHAT_MAX_STREAMS", cls.max_streams, low=0),
             rate_limit=_float(env, "KCHAT_RATE_LIMIT", cls.rate_limit, allow_zero=True),

@@ -3,18 +3,28 @@
     chatroom (keyed by room) --> route_by_user --> chatroom-by-user (keyed by user)
                                                       --> count_messages --> table user_counts
 
-Regrouping by user makes the table co-partitioned with the stream that updates it. Faust is
-at-least-once: after a crash or a rebalance, records since the last commit come again. Each
-table entry keeps, with the count, the highest chatroom offset counted per partition, so a
-replayed record is recognised and not counted twice (see `counted`), which needs the records
-routed in order (inorder.py). A record that copies an earlier one (a retried publish, see
-copies.py) is not routed at all, nor are presence events.
+Regrouping by user makes the table co-partitioned with the stream that updates it. Both agents
+work a batch at a time (Faust's take_events): route_by_user sends one record per user per
+batch of a chatroom partition, carrying that user's offsets in it, and count_messages writes
+each user's entry once per batch -- per-message Faust events, table writes and produces were
+most of a worker's CPU.
+
+Faust is at-least-once: after a crash or a rebalance, records since the last commit come again,
+maybe split into other batches. Each table entry keeps, with the count, the highest chatroom
+offset counted per partition, and counts only the offsets above it (see `counted`), so a
+replay counts nothing twice however it is batched -- which needs each partition's offsets
+routed for the first time in order (inorder.py). A record that copies an earlier one (a retried
+publish, see copies.py) is not routed at all, nor are presence events.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable
+import weakref
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 import faust
+import orjson
+from faust import streams
 from faust.types import TP
 
 from .inorder import InOrder
@@ -26,27 +36,46 @@ if TYPE_CHECKING:
 TABLE = "user_counts"
 
 
-class Counted(faust.Record, serializer="json", include_metadata=False):
-    """A message's author and its place in chatroom: the place makes counting idempotent."""
+# Batches: at most this many records, or what came within this many seconds.
+BATCH = 1000
+BATCH_WITHIN = 0.05
 
-    user: str
-    partition: int
-    offset: int
-
-
+# A chatroom-by-user record: {"user": u, "partition": p, "offsets": [o, ...]}, the user's messages
+# in one batch of chatroom partition p (records of older workers carry one "offset").
 # A table value: {"count": n, "seen": {"<chatroom partition>": last counted offset}}
 State = dict
 
 
-def counted(state: State | None, partition: int, offset: int) -> State | None:
-    """The state after counting the message at (partition, offset), or None if it was counted
-    already. Offsets of one chatroom partition reach a user's entry in order, so the highest
-    one seen per partition tells a replay from a new message."""
+def counted(state: State | None, partition: int, offsets) -> State | None:
+    """The state after counting the messages at `offsets` of a chatroom partition, or None if all
+    were counted already. A partition's offsets reach a user's entry for the first time in order,
+    so the highest one counted per partition tells a replay from a new message."""
     state = state or {"count": 0, "seen": {}}
     key = str(partition)
-    if offset <= state["seen"].get(key, -1):
+    seen = state["seen"].get(key, -1)
+    new = sorted({o for o in offsets if o > seen})
+    if not new:
         return None
-    return {"count": state["count"] + 1, "seen": {**state["seen"], key: offset}}
+    return {"count": state["count"] + len(new), "seen": {**state["seen"], key: new[-1]}}
+
+
+@contextmanager
+def event_context(event) -> Iterator[None]:
+    """Faust puts a table write into the partition of the event being processed, which its streams
+    keep in a context variable; a batch taken with take_events has no current event: lend one."""
+    token = streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
+
+
+def by_partition(events) -> dict[int, list]:
+    """A batch's events per partition, each partition's in the order they came (offset order)."""
+    groups: dict[int, list] = {}
+    for event in events:
+        groups.setdefault(event.message.partition, []).append(event)
+    return groups
 
 
 class LocalCounts:
@@ -76,13 +105,18 @@ class LocalCounts:
 
 
 class Router:
-    """route_by_user's rule for one record: copies (copies.py) and presence events are not routed."""
+    """route_by_user's rules: copies (copies.py) and presence events are not routed; the messages of a
+    batch of one chatroom partition go out as one record per user, and one tally per room."""
 
-    def __init__(self, send: Callable[[str, int, int], Awaitable[None]], judge: Callable[[int], object],
-                 default_room: str, on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> None:
+    def __init__(self, send: Callable[[str, int, list[int]], Awaitable[None]], judge: Callable[[int], object],
+                 default_room: str,
+                 on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None) -> None:
         self.send, self.judge_for, self.default_room = send, judge, default_room
-        self.on_message = on_message  # (room, partition, offset, timestamp): the room directory's tally
+        # (room, partition, [(offset, timestamp)]): the room directory's tally
+        self.on_messages = on_messages
         self.judges: dict[int, object] = {}
+        self.users: dict[tuple[int, str], list[int]] = {}
+        self.rooms: dict[tuple[int, str], list[tuple[int, int]]] = {}
 
     def reset(self) -> None:
         self.judges.clear()
@@ -95,19 +129,28 @@ class Router:
             return  # a retried publish's second record: the first one counts
         msg = decode_record(value, partition, offset, timestamp, self.default_room)
         if isinstance(msg, ChatMessage):
-            self.on_message(msg.room, partition, offset, timestamp)
-            await self.send(msg.user, partition, offset)
+            self.users.setdefault((partition, msg.user), []).append(offset)
+            self.rooms.setdefault((partition, msg.room), []).append((offset, timestamp))
+
+    async def flush(self) -> None:
+        """What route() gathered since the last flush: one record per user and partition."""
+        users, rooms, self.users, self.rooms = self.users, self.rooms, {}, {}
+        for (partition, room), messages in rooms.items():
+            self.on_messages(room, partition, messages)
+        for (partition, user), offsets in users.items():
+            await self.send(user, partition, offsets)
 
 
 def setup(app: "KchatApp", chat_topic: faust.TopicT,
-          on_message: Callable[[str, int, int, int], None] = lambda *a: None) -> LocalCounts:
-    """Declare the regrouped topic, the table and the two agents on app; on_message(room, partition,
-    offset, timestamp) is told of every message route_by_user routes (the room directory tallies it)."""
+          on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None) -> LocalCounts:
+    """Declare the regrouped topic, the table and the two agents on app; on_messages(room, partition,
+    [(offset, timestamp)]) is told of the messages route_by_user routes (the room directory tallies
+    them), within the event context of their batch."""
     settings = app.settings
     by_user_topic = app.topic(
         f"{settings.topic}-by-user",
-        key_type=str,
-        value_type=Counted,
+        key_serializer="raw",
+        value_serializer="raw",
         partitions=settings.partitions,
         replicas=settings.replication_factor,
         # internal=True makes Faust create it (brokers never auto-create topics).
@@ -124,30 +167,47 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
     )
     local = LocalCounts(table)
 
-    async def send(user: str, partition: int, offset: int) -> None:
-        await by_user_topic.send(key=user, value=Counted(user=user, partition=partition, offset=offset))
+    async def send(user: str, partition: int, offsets: list[int]) -> None:
+        await by_user_topic.send(key=user.encode(),
+                                 value=orjson.dumps({"user": user, "partition": partition, "offsets": offsets}))
 
     def committed(partition: int) -> int | None:
         # Where Faust resumed the partition after its last assignment (it seeks there).
         return app.consumer._committed_offset.get(TP(settings.topic, partition))
 
-    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_message)
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages)
     in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
                        committed)
 
     @app.agent(chat_topic, name="kchat_faust.counting.route_by_user")
     async def route_by_user(stream):
-        async for event in stream.events():
-            m = event.message
-            await in_order.take(m.partition, m.offset, int(m.timestamp * 1000), event.value)
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+            for partition, group in by_partition(events).items():
+                with event_context(group[-1]):
+                    for event in group:
+                        m = event.message
+                        await in_order.take(partition, m.offset, int(m.timestamp * 1000), event.value)
+                    await router.flush()
 
     @app.agent(by_user_topic, name="kchat_faust.counting.count_messages")
     async def count_messages(stream):
-        async for c in stream:
-            state = counted(table.get(c.user), c.partition, c.offset)
-            if state is not None:
-                table[c.user] = state
-                local.set(c.user, state["count"])
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+            for group in by_partition(events).values():
+                with event_context(group[-1]):
+                    changed: dict[str, State] = {}
+                    for event in group:
+                        try:
+                            record = orjson.loads(event.value)
+                            user, partition = record["user"], record["partition"]
+                            offsets = record["offsets"] if "offsets" in record else [record["offset"]]
+                        except (orjson.JSONDecodeError, KeyError, TypeError):
+                            continue  # not ours
+                        state = counted(changed.get(user) or table.get(user), partition, offsets)
+                        if state is not None:
+                            changed[user] = state
+                    for user, state in changed.items():
+                        table[user] = state
+                        local.set(user, state["count"])
 
     async def forget(*args, **kwargs) -> None:
         local.invalidate()  # the table may have changed under the snapshot

@@ -68,6 +68,23 @@ class KchatCollector(Collector):
         for check, ok in self.app.readiness().items():
             ready.add_metric([check], 1 if ok else 0)
         yield ready
+        sessions = GaugeMetricFamily("kchat_presence_sessions", "Event streams open on this worker, named or "
+                                     "anonymous", labels=["kind"])
+        named = sum(1 for _room, user in self.app.sessions.open.values() if user is not None)
+        sessions.add_metric(["named"], named)
+        sessions.add_metric(["anonymous"], len(self.app.sessions.open) - named)
+        yield sessions
+        online = GaugeMetricFamily("kchat_presence_users_online",
+                                   "Named users online in the rooms whose presence this worker holds")
+        online.add_metric([], sum(self.app.presence_online().values()))
+        yield online
+        activity = self.app.rooms.snapshot()
+        tracked = GaugeMetricFamily("kchat_rooms_tracked", "Rooms of the directory held by this worker")
+        tracked.add_metric([], len(activity))
+        yield tracked
+        windows = GaugeMetricFamily("kchat_room_windows", "One-minute activity windows held by this worker")
+        windows.add_metric([], sum(len(state["minutes"]) for state in activity.values()))
+        yield windows
         recovery = self.app.tables.recovery
         rec = GaugeMetricFamily("kchat_table_recovery_in_progress", "1 while tables recover from changelogs")
         rec.add_metric([], 1 if recovery.in_recovery else 0)

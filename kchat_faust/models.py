@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import random
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,6 +20,7 @@ _IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # keyed record from its first bytes without decoding it.
 _KEYED_PREFIX = b'{"id":"k'
 _KEYED_END = len(b'{"id":"') + 33
+_ids = random.Random()  # seeded from os.urandom once
 # Newlines and tabs are part of chat text; other control characters only ever garble terminals.
 _BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -101,7 +101,9 @@ def keyed_id_of(value: bytes | None) -> str | None:
 def new_message(room: str, user: object, text: object, max_text: int, key: str | None = None) -> ChatMessage:
     room, user = check_room(room), check_user(user)
     return ChatMessage(
-        id=keyed_id(room, user, key) if key is not None else uuid.uuid4().hex,
+        # 128 random bits without a syscall each (uuid4 reads os.urandom per call): ids must be
+        # unique, not secret.
+        id=keyed_id(room, user, key) if key is not None else f"{_ids.getrandbits(128):032x}",
         room=room,
         user=user,
         text=check_text(text, max_text),
@@ -160,7 +162,7 @@ def decode_record(value: bytes | None, partition: int, offset: int,
     if value is None:
         return None
     try:
-        data = json.loads(value)
+        data = orjson.loads(value)
         if isinstance(data, dict):
             if {"id", "room", "user", "text", "sent_at"} <= data.keys():
                 return ChatMessage(id=_text(data["id"]), room=_text(data["room"]), user=_text(data["user"]),
@@ -168,7 +170,7 @@ def decode_record(value: bytes | None, partition: int, offset: int,
             if data.get("presence") in ("join", "leave") and {"id", "room", "user", "at"} <= data.keys():
                 return Presence(id=_text(data["id"]), kind=data["presence"], room=_text(data["room"]),
                                 user=_text(data["user"]), at=_text(data["at"]))
-    except (ValueError, UnicodeDecodeError):
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         pass
     text = value.decode("utf-8", errors="replace")
     user, text = parse_compat_body(text)

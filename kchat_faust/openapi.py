@@ -32,6 +32,13 @@ IDEMPOTENCY_KEY = {
                    "KCHAT_IDEMPOTENCY_WINDOW of the previous attempt that reached the log) is answered with "
                    "the message the first attempt stored, which is delivered, counted and shown once",
     "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN}$"}}
+USER = {"name": "user", "in": "query", "required": False,
+        "description": "Who is watching (without authentication): listed in the room's presence; the stream "
+                       "is anonymous without it",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER}}
+SCOPE = {"name": "scope", "in": "query", "required": False,
+         "description": "`local`: only this worker's share (used between workers)",
+         "schema": {"type": "string", "enum": ["local"]}}
 REPLAYED = {"Idempotent-Replayed": {"description": "`true` when an earlier attempt with the same key stored it",
                                     "schema": {"type": "string", "enum": ["true"]}}}
 
@@ -95,9 +102,43 @@ def spec(settings: Settings) -> dict:
             },
             "/api/rooms/{room}/events": {
                 "parameters": [ROOM],
-                "get": {"summary": "Server-Sent Events: event `message`, data = Message JSON, id = resume token",
-                        "parameters": LAST_EVENT_ID,
+                "get": {"summary": "Server-Sent Events: event `message` (data = Message JSON), `join` and `leave` "
+                                   "(data = PresenceEvent JSON: a user's first session opened, its last closed); "
+                                   "id = resume token",
+                        "parameters": [*LAST_EVENT_ID, USER],
                         "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 404, 503)}},
+            },
+            "/api/rooms/{room}/presence": {
+                "parameters": [ROOM],
+                "get": {"summary": "Who is in the room: the named users with their open sessions, and how many "
+                                   "anonymous sessions; the same whichever worker answers",
+                        "parameters": [SCOPE],
+                        "responses": {"200": {"description": "Presence", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Presence"}}}},
+                            **_errors(400, 401, 404, 503)}},
+            },
+            "/api/rooms": {
+                "get": {"summary": "Every room with messages or people: messages in the last minute (the current "
+                                   "and the previous one-minute window), the last 10 minutes and the last hour, by "
+                                   "event time; the last message's time; how many are online",
+                        "parameters": [SCOPE],
+                        "responses": {"200": {"description": "Rooms (with scope=local: this worker's share, "
+                                                             "raw, for the worker that asked)",
+                                              "content": {"application/json": {"schema": {"anyOf": [
+                            {"type": "object", "required": ["rooms"], "properties": {"rooms": {
+                                "type": "array", "items": {"$ref": "#/components/schemas/RoomActivity"}}}},
+                            {"type": "object", "required": ["activity", "online"],
+                             "properties": {"activity": {"type": "object"}, "online": {"type": "object"}}}]}}}},
+                            **_errors(400, 503)}},
+            },
+            "/api/rooms/trending": {
+                "get": {"summary": "The busiest rooms over the last 10 minutes (at most 10)",
+                        "responses": {"200": {"description": "Trending rooms", "content": {"application/json": {
+                            "schema": {"type": "object", "required": ["window_minutes", "rooms"],
+                                       "properties": {"window_minutes": {"type": "integer"}, "rooms": {
+                                           "type": "array",
+                                           "items": {"$ref": "#/components/schemas/RoomActivity"}}}}}}},
+                            **_errors(503)}},
             },
             "/api/topics/{topic}": {
                 "parameters": [{"name": "topic", "in": "path", "required": True,
@@ -168,6 +209,25 @@ def spec(settings: Settings) -> dict:
                                            "partition": {"type": "integer", "minimum": 0},
                                            "offset": {"type": "integer", "minimum": 0},
                                            "event_id": {"type": "string", "pattern": f"^{STORED_EVENT_ID_PATTERN}$"}}},
+                "Presence": {"type": "object", "required": ["room", "users"],
+                             "properties": {"room": {"type": "string"}, "anonymous": {"type": "integer", "minimum": 0},
+                                            "users": {"type": "array", "items": {
+                                                "type": "object", "required": ["user", "sessions"],
+                                                "properties": {"user": {"type": "string"},
+                                                               "sessions": {"type": "integer", "minimum": 1}}}}}},
+                "PresenceEvent": {"type": "object", "required": ["room", "user", "at", "event_id"],
+                                  "properties": {"room": {"type": "string"}, "user": {"type": "string"},
+                                                 "at": {"type": "string", "format": "date-time"},
+                                                 "event_id": {"type": "string"}}},
+                "RoomActivity": {"type": "object",
+                                 "required": ["room", "messages_last_minute", "messages_last_hour", "last_message_at",
+                                              "online"],
+                                 "properties": {"room": {"type": "string"},
+                                                "messages_last_minute": {"type": "integer", "minimum": 0},
+                                                "messages_last_10_minutes": {"type": "integer", "minimum": 0},
+                                                "messages_last_hour": {"type": "integer", "minimum": 0},
+                                                "last_message_at": {"type": ["string", "null"], "format": "date-time"},
+                                                "online": {"type": "integer", "minimum": 0}}},
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
                 "Readiness": {"type": "object", "required": ["ready"],

@@ -84,8 +84,9 @@ def _holds(app: "KchatApp", table, partition: int) -> bool:
 
 async def _from_owner(app: "KchatApp", table_name: str, key: str, path: str, local):
     """local() if this worker holds the key's partition, else the owner's answer to path?scope=local."""
-    # Faust writes a table's changelog with the producer's default partitioner on the key's
-    # bytes: the same rule that puts a room in its chatroom partition.
+    # A table entry lives in the partition of the event that wrote it: the chatroom (rooms) or
+    # chatroom-by-user (users) partition of its key, where the producer's partitioner puts the
+    # key's bytes -- the rule of models.partition_for.
     owners = _owners(app, table_name, partition_for(key, app.settings.partitions))
     if not owners:
         raise PeerUnavailable("no worker holds that part of the state yet (the group is still forming)")

@@ -35,19 +35,22 @@ TRENDING_WINDOWS = 10
 TRENDING_SIZE = 10
 
 
-def tally(state: dict | None, offset: int, timestamp_ms: int) -> dict | None:
-    """The room's state after counting the message at `offset`, or None if it was counted already."""
+def tally(state: dict | None, messages: list[tuple[int, int]]) -> dict | None:
+    """The room's state after counting its messages [(offset, timestamp ms)] (in offset order), or
+    None if all were counted already."""
     state = state or {"minutes": {}, "last": None, "applied": -1}
-    if offset <= state["applied"]:
+    new = [(o, t) for o, t in messages if o > state["applied"]]
+    if not new:
         return None
-    window = timestamp_ms // MINUTE * MINUTE
     minutes = state["minutes"]
-    minutes[str(window)] = minutes.get(str(window), 0) + 1
+    for _offset, timestamp_ms in new:
+        window = str(timestamp_ms // MINUTE * MINUTE)
+        minutes[window] = minutes.get(window, 0) + 1
     newest = max(int(m) for m in minutes)
     for m in [m for m in minutes if int(m) < newest - (KEEP - 1) * MINUTE]:
         del minutes[m]
-    state["last"] = max(state["last"] or 0, timestamp_ms)
-    state["applied"] = offset
+    state["last"] = max(state["last"] or 0, max(t for _o, t in new))
+    state["applied"] = max(o for o, _t in new)
     return state
 
 
@@ -98,12 +101,12 @@ class LocalRooms:
             self.states = {room: state for room, state in self.table.items() if state}
         return self.states
 
-    def tally(self, room: str, partition: int, offset: int, timestamp_ms: int) -> None:
+    def tally(self, room: str, partition: int, messages: list[tuple[int, int]]) -> None:
         if partition != partition_for(room, self.partitions):
             # A plain line from the tutorial's console producer, shown in the default room from
             # whichever partition it was written to: the room's entry lives in the room's partition.
             return
-        state = tally(self.table.get(room), offset, timestamp_ms)
+        state = tally(self.table.get(room), messages)
         if state is not None:
             self.table[room] = state
             if self.states is not None:

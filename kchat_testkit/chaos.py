@@ -77,6 +77,10 @@ class Config:
     settle: float = 3.0  # then this long more, for late (503'd but stored) messages and duplicates
     counts_timeout: float = 120.0
     seed: int | None = None
+    # A post that got no HTTP answer at all (the connection reset as a worker pod stopped) counts as not
+    # confirmed, like a 503, instead of failing the run: on Kubernetes the NodePort may hand a request to a
+    # worker that is going away.
+    unanswered_ok: bool = False
     state_dir: Path | None = None
     keep: bool = False
     progress: bool = True
@@ -154,6 +158,7 @@ class Report:
     subscribers: list[Subscriber] = field(default_factory=list)
     chaos: list[ChaosEvent] = field(default_factory=list)
     kills_while_posting: int = 0
+    disrupted: str = "broker"  # what kills_while_posting counts
     describe_before: str = ""
     describe_after: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # worker url -> {user: count}
@@ -191,6 +196,10 @@ class Report:
                 out[users[t]] += 1
         return out
 
+    def unconfirmed(self, p: Post) -> bool:
+        """A post that may or may not be stored: a 503, or no answer at all where the run accepts that."""
+        return p.status == 503 or (p.status is None and bool(p.t_done) and self.config.unanswered_ok)
+
     def count_bounds(self) -> tuple[dict[str, int], dict[str, int]]:
         lows = {u: 0 for u in self.users()}
         highs = dict(lows)
@@ -198,7 +207,7 @@ class Report:
             if p.status == 200:
                 lows[p.user] += 1
                 highs[p.user] += 1
-            elif p.status == 503:
+            elif self.unconfirmed(p):
                 highs[p.user] += 1
         return lows, highs
 
@@ -210,7 +219,7 @@ class Report:
     def check_answers(self) -> list[str]:
         f: list[str] = []
         ok = self.ok_posts()
-        bad = [p for p in self.posts if p.status not in (200, 503)]
+        bad = [p for p in self.posts if not self.unconfirmed(p) and p.status != 200]
         if bad:
             kinds = Counter(f"{p.status}: {p.error[:120]}" for p in bad)
             f.append(f"{len(bad)} post(s) answered neither 200 nor 503: "
@@ -279,7 +288,8 @@ class Report:
             if never:
                 f.append(f"{label}: {len(never)} message(s) that were never posted, e.g. {never[0].user}: "
                          f"{never[0].text!r} at {never[0].id}")
-            other = [m for m in s.events if m.text in posts and posts[m.text].status not in (200, 503)]
+            other = [m for m in s.events if m.text in posts and posts[m.text].status != 200
+                     and not self.unconfirmed(posts[m.text])]
             if other:
                 f.append(f"{label}: received {len(other)} message(s) whose post got neither 200 nor 503")
             if set(texts) != union:
@@ -304,7 +314,7 @@ class Report:
     def check_chaos_happened(self) -> list[str]:
         f: list[str] = []
         if self.kills_while_posting < 1:
-            f.append("no broker was killed while posts were in flight: lower --interval or raise --posts")
+            f.append(f"no {self.disrupted} was killed while posts were in flight: lower --interval or raise --posts")
         if not self.brokers_alive_at_end:
             f.append("not every broker was running at the end")
         return f
@@ -412,8 +422,9 @@ async def wait_delivery(rep: Report, cfg: Config) -> None:
 
 async def read_counts(rep: Report, session: aiohttp.ClientSession, urls: list[str], timeout: float) -> None:
     """Ask every url for GET /stats/users until all answer the log's counts (then a few times more: they must
-    stay), at most timeout seconds; the last answers go to rep.counts."""
+    stay), at most timeout seconds; the last answers go to rep.counts (a url asked twice gets a #n suffix)."""
     users = rep.users()
+    keys = [u if urls.count(u) == 1 else f"{u}#{k}" for k, u in enumerate(urls)]
 
     async def ask(url: str) -> dict[str, int] | None:
         try:
@@ -445,7 +456,7 @@ async def read_counts(rep: Report, session: aiohttp.ClientSession, urls: list[st
             if not all(s == expected for s in seen):
                 rep.counts_seconds = None
                 break
-    rep.counts = {u: s for u, s in zip(urls, seen) if s is not None}
+    rep.counts = {k: s for k, s in zip(keys, seen) if s is not None}
 
 
 # -- the run -----------------------------------------------------------------------------------------------

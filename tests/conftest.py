@@ -8,7 +8,10 @@ KAFKA_FIXTURES = {"kafka_cluster", "kafka_bootstrap", "kafka4_cluster", "kafka4_
                   "worker_factory", "kchat_worker"}
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(session, config, items):
     for item in items:
         if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kafka)
+    # The local Kubernetes tests run last: `make test` builds their binaries and images in the
+    # background meanwhile (scripts/k8s-local prefetch).
+    items.sort(key=lambda item: item.path.name == "test_k8s_local.py")

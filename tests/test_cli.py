@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from kchat_cli.main import cli
+from kchat_faust.models import partition_for
 from kchat_testkit.chat import unique
 from kchat_testkit.procs import free_port
 
@@ -305,6 +306,7 @@ def test_chat_between_two_terminals(kchat_worker):
     a, screen_a = spawn_chat(url, "A", room)
     b, screen_b = spawn_chat(url, "B", room)
     try:
+        a.expect("-- B joined --")  # presence: B's stream names B
         assert "carol: earlier message" in screen_a.getvalue()
         a.sendline("hello from A")
         b.expect(r"A: hello from A  \(received: 1\)")
@@ -324,15 +326,45 @@ def test_chat_between_two_terminals(kchat_worker):
         a.sendline(" and finished")
         b.expect(r"A: half typed and finished  \(received: 3\)")
 
-        a.sendline("/quit")
-        a.expect(pexpect.EOF)
         b.sendeof()
         b.expect(pexpect.EOF)
+        a.expect("-- B left --")
+        a.sendline("/quit")
+        a.expect(pexpect.EOF)
         a.wait(), b.wait()
         assert (a.exitstatus, b.exitstatus) == (0, 0)
     finally:
         a.close(force=True)
         b.close(force=True)
+
+
+@kafka
+def test_who_and_rooms_show_the_people_and_the_activity(kchat_worker):
+    url, room, zed = kchat_worker.url, unique("who"), unique("zed")
+    listener = start_listen(url, room, f"{partition_for(room, 12)}:-1", 1000, "--user", zed)
+    try:
+        deadline = time.monotonic() + 30
+        while (who := kchat(url, "who", "--room", room)).stdout.strip() != f"{zed}  (1 session)":
+            assert time.monotonic() < deadline, who.stdout + who.stderr
+            time.sleep(0.5)
+        send_lines(url, room, "ann", ["one", "two", "three"])
+        deadline = time.monotonic() + 30
+        while True:
+            rooms = kchat(url, "rooms")
+            assert rooms.returncode == 0, rooms.stderr
+            line = next((row.split() for row in rooms.stdout.splitlines() if row.startswith(room + " ")), None)
+            if line and line[1:5] == ["3", "3", "3", "1"]:  # last minute, 10 minutes, hour, online
+                break
+            assert time.monotonic() < deadline, rooms.stdout
+            time.sleep(0.5)
+        assert rooms.stdout.splitlines()[0].split()[:2] == ["ROOM", "LAST"]
+        trending = kchat(url, "rooms", "--trending")
+        assert room in trending.stdout
+    finally:
+        listener.kill()
+        listener.wait()
+    empty = kchat(url, "who", "--room", unique("nobody"))
+    assert empty.returncode == 0 and empty.stdout.strip() == "nobody is here"
 
 
 # -- stats ----------------------------------------------------------------------------------

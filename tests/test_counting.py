@@ -7,22 +7,43 @@ from kchat_faust.counting import counted
 
 
 def apply(state, deliveries):
-    for partition, offset in deliveries:
-        new = counted(state, partition, offset)
+    for partition, offsets in deliveries:
+        new = counted(state, partition, offsets)
         if new is not None:
             state = new
     return state
 
 
 def test_a_new_message_counts_and_remembers_its_place():
-    assert counted(None, 3, 10) == {"count": 1, "seen": {"3": 10}}
-    assert counted({"count": 1, "seen": {"3": 10}}, 5, 2) == {"count": 2, "seen": {"3": 10, "5": 2}}
+    assert counted(None, 3, [10]) == {"count": 1, "seen": {"3": 10}}
+    assert counted({"count": 1, "seen": {"3": 10}}, 5, [2, 7]) == {"count": 3, "seen": {"3": 10, "5": 7}}
 
 
 def test_a_replayed_record_is_not_counted_again():
-    state = counted(None, 3, 10)
-    assert counted(state, 3, 10) is None
-    assert counted(state, 3, 9) is None
+    state = counted(None, 3, [8, 10])
+    assert counted(state, 3, [10]) is None
+    assert counted(state, 3, [8, 9]) is None
+    assert counted(state, 3, [9, 10, 12]) == {"count": 3, "seen": {"3": 12}}  # part replay, part new
+
+
+def test_replays_batched_differently_count_every_offset_once():
+    # A user's messages in one partition; the first pass and every replay cut them into batches
+    # of their own sizes, and each replay starts again from an older commit.
+    rng = random.Random(11)
+    offsets = sorted(rng.sample(range(10_000), 400))
+    deliveries, done = [], 0
+    while done < len(offsets):
+        start = max(0, done - rng.randrange(0, 60))  # a crash: back to an older commit
+        end = min(len(offsets), done + rng.randrange(1, 80))
+        i = start
+        while i < end:
+            size = rng.randrange(1, 25)
+            deliveries.append((4, offsets[i:min(i + size, end)]))
+            i += size
+        done = end
+    assert sum(len(o) for _, o in deliveries) > len(offsets)  # there were replays
+    state = apply(None, deliveries)
+    assert state == {"count": len(offsets), "seen": {"4": offsets[-1]}}
 
 
 def test_replays_after_crashes_count_every_offset_once():
@@ -35,7 +56,7 @@ def test_replays_after_crashes_count_every_offset_once():
     committed = dict(position)
     while any(position[p] < len(messages[p]) for p in messages):
         p = rng.choice([q for q in messages if position[q] < len(messages[q])])
-        deliveries.append((p, messages[p][position[p]]))
+        deliveries.append((p, [messages[p][position[p]]]))
         position[p] += 1
         if rng.random() < 0.05:  # a crash: back to the last commit
             position = dict(committed)
@@ -90,14 +111,20 @@ async def test_the_router_routes_messages_only():
         async def is_copy(self, offset, timestamp, msg_id):
             return offset == 2
 
-    sent = []
+    sent, tallied = [], []
 
-    async def send(user, partition, offset):
-        sent.append((user, offset))
+    async def send(user, partition, offsets):
+        sent.append((user, offsets))
 
-    r = Router(send, lambda p: Copies(), "lobby")
+    r = Router(send, lambda p: Copies(), "lobby", lambda room, p, msgs: tallied.append((room, msgs)))
     await r.route(0, 0, 0, encode(new_message("lobby", "ann", "hi", 4000)))
     await r.route(0, 1, 0, encode_presence("kx", "join", "lobby", "ann", 0))  # a join counts for nothing
     await r.route(0, 2, 0, encode(new_message("lobby", "ann", "copy", 4000)))  # a copy: not routed
-    await r.route(0, 3, 0, b"bob: hello from the console producer")
-    assert sent == [("ann", 0), ("bob", 3)]
+    await r.route(0, 3, 5, b"bob: hello from the console producer")
+    await r.route(0, 4, 6, encode(new_message("lobby", "ann", "again", 4000)))
+    assert sent == []  # nothing goes out before the batch ends
+    await r.flush()
+    assert sent == [("ann", [0, 4]), ("bob", [3])]  # one record per user per batch
+    assert tallied == [("lobby", [(0, 0), (3, 5), (4, 6)])]
+    await r.flush()
+    assert len(sent) == 2  # nothing twice

@@ -197,3 +197,45 @@ async def test_a_slow_subscriber_is_disconnected_without_slowing_the_others(tune
     finally:
         writer.close()
         await fast.stop()
+
+
+async def test_a_worker_started_before_its_brokers_waits_for_them(tmp_path):
+    from kchat_testkit.kafka import PORT_SPAN, run_kafka_local
+    from kchat_testkit.procs import free_port_base
+
+    base = free_port_base(PORT_SPAN)
+    worker = Worker(f"127.0.0.1:{base}", tmp_path / "w")
+    worker.proc = None
+    try:
+        start = asyncio.to_thread(worker.start, 180.0)  # returns once ready
+        starting = asyncio.ensure_future(start)
+        await asyncio.sleep(8)
+        assert not starting.done() and worker.proc.poll() is None, "the worker gave up on its brokers"
+        run_kafka_local("up", "--port-base", str(base), state_dir=tmp_path / "kafka")
+        await asyncio.wait_for(starting, 180)
+        lines = log_lines(worker)
+        assert sum("kafka: cannot reach a broker" in line for line in lines) == 1
+    finally:
+        worker.kill()
+        run_kafka_local("down", "--kill", state_dir=tmp_path / "kafka", check=False, timeout=60)
+
+
+def test_a_worker_whose_brokers_never_come_stops_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kchat_testkit.kafka import PORT_SPAN
+    from kchat_testkit.procs import free_port, free_port_base
+
+    base = free_port_base(PORT_SPAN)
+    faust_cli = str(Path(sys.executable).with_name("faust"))
+    done = subprocess.run([faust_cli, "-A", "kchat_faust", "worker", "--web-port", str(free_port())], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**__import__("os").environ, "KCHAT_BROKER": f"127.0.0.1:{base}",
+                               "KCHAT_REPLICATION_FACTOR": "1", "KCHAT_STARTUP_TIMEOUT": "3",
+                               "KCHAT_DATADIR": str(tmp_path / "data")})
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert f"kchat: no Kafka broker answered within 3s (KCHAT_BROKER=127.0.0.1:{base}" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]

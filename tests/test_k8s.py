@@ -427,6 +427,26 @@ def test_start_script_fills_in_each_pods_identity(variants, broker_config, tmp_p
         assert voters[i].endswith(p["advertised.listeners"].split("://", 1)[1])
 
 
+def test_topic_defaults_are_set_where_kraft_applies_them(broker_config):
+    """The controllers create topics in KRaft: a broker's num.partitions / default.replication.factor only earn a
+    start-up warning from Kafka 4.3 (seen in the pods' logs by k8s/e2e.py) and are ignored from 5.0 on."""
+    broker = s.read_properties(broker_config / "broker.properties")
+    controller = s.read_properties(broker_config / "controller.properties")
+    for key in ("num.partitions", "default.replication.factor"):
+        assert key not in broker and key in controller, key
+    assert int(controller["default.replication.factor"]) <= BROKERS
+
+
+def test_brokers_wait_for_the_controllers_as_long_as_the_startup_probe(variants, broker_config):
+    """A broker that cannot register within initial.broker.registration.timeout.ms exits ("fatal error while
+    waiting for the controller to acknowledge that we are caught up"): seen on the real cluster (k8s/e2e.py saves
+    the previous logs of restarted pods) while the controllers took two minutes to start on a busy node."""
+    broker = s.read_properties(broker_config / "broker.properties")
+    probe = s.container(variants["default"].get("StatefulSet", "kafka"))["startupProbe"]
+    budget_ms = probe["periodSeconds"] * probe["failureThreshold"] * 1000
+    assert int(broker.get("initial.broker.registration.timeout.ms", 60000)) >= budget_ms
+
+
 def test_start_script_refuses_what_it_cannot_fill(broker_config, tmp_path):
     base = {"PATH": "/usr/bin:/bin", "KAFKA_RENDER_ONLY": "true", "KAFKA_PROPERTIES_OUT": str(tmp_path / "x")}
     for env, message in [({"KAFKA_POD_NAME": "kafka-0"}, "KAFKA_ROLE"),

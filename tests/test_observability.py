@@ -54,6 +54,8 @@ async def test_metrics_count_known_traffic(fresh_worker):
         assert m[("kchat_subscribers", ())] == n_subs
         assert m[("kchat_events_delivered_total", ())] == n_posts * n_subs
         assert m[("kchat_ready", (("check", "fanout"),))] == 1
+        assert m[("kchat_presence_sessions", (("kind", "anonymous"),))] == n_subs
+        assert m[("kchat_presence_sessions", (("kind", "named"),))] == 0
         lag_partitions = {dict(k[1])["partition"] for k in m if k[0] == "kchat_fanout_lag_records"}
         assert lag_partitions == {str(p) for p in range(12)}
         assert any(k[0].startswith("faust_") for k in m)  # Faust's own sensors

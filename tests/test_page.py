@@ -202,6 +202,34 @@ def test_a_send_whose_answer_was_lost_is_retried_with_its_key_and_shown_once(kch
     assert p.page_errors == []
 
 
+def test_who_is_online_joins_and_leaves_and_the_room_list(kchat_worker, open_page):
+    room, other = unique("people"), unique("elsewhere")
+    post(kchat_worker.url, other, "someone", "busy over there")
+    ann, bob = unique("ann"), unique("bob")
+    a = open_page(kchat_worker.url).join(ann, room)
+    expect(a.page.locator("#messages .presence")).to_have_text([f"{ann} joined"])  # one's own, too
+    b = open_page(kchat_worker.url).join(bob, room)
+    expect(a.page.locator("#messages .presence")).to_have_text([f"{ann} joined", f"{bob} joined"])
+    expect(a.page.locator("#online li .user")).to_have_text(sorted([ann, bob]))
+    a.send("hello bob")
+    # The room list shows both rooms with their activity; the current one is marked.
+    expect(a.page.locator(f'#rooms li[data-room="{room}"] .activity')).to_contain_text("1/min · 2 online")
+    expect(a.page.locator(f'#rooms li[data-room="{other}"]')).to_have_count(1)
+    expect(a.page.locator(f'#rooms li.current[data-room="{room}"]')).to_have_count(1)
+    b.page.click("#leave")
+    expect(a.page.locator("#messages .presence")).to_have_text([f"{ann} joined", f"{bob} joined", f"{bob} left"])
+    expect(a.page.locator("#online li .user")).to_have_text([ann])
+    # Presence lines are no messages: the messages shown are still exactly the log's.
+    assert a.event_ids() == [m["event_id"] for m in history(kchat_worker.url, room)]
+    # A room in the list is a click away.
+    a.page.click(f'#rooms li[data-room="{other}"] button')
+    expect(a.page.locator("#where")).to_have_text(f"{ann} in {other}")
+    expect(a.texts).to_have_text(["busy over there"])
+    expect(a.page.locator("#online li .user")).to_have_text([ann])  # present in the new room now
+    screenshot(a.page, "page-presence-and-rooms.png")
+    assert a.page_errors == [] and a.csp_violations() == []
+
+
 def test_markup_in_messages_is_shown_as_text(kchat_worker, open_page):
     room = unique("xss")
     p = open_page(kchat_worker.url).join(unique("viewer"), room)

@@ -20,10 +20,10 @@ MIN = 60_000
 # -- the rules ----------------------------------------------------------------------------------
 def test_a_message_counts_once_in_its_minute_and_old_windows_expire():
     t = 1_700_000_000_000 // MIN * MIN
-    state = rooms.tally(None, 0, t + 5)
-    assert rooms.tally(state, 0, t + 5) is None  # a replay
-    state = rooms.tally(state, 1, t + MIN + 1)
-    state = rooms.tally(state, 2, t + 60 * MIN)  # an hour later: the first window is gone
+    state = rooms.tally(None, [(0, t + 5)])
+    assert rooms.tally(state, [(0, t + 5)]) is None  # a replay
+    state = rooms.tally(state, [(1, t + MIN + 1)])
+    state = rooms.tally(state, [(2, t + 60 * MIN)])  # an hour later: the first window is gone
     assert sorted(int(m) for m in state["minutes"]) == [t + MIN, t + 60 * MIN]
     a = rooms.activity("r", state, online=2, now_ms=t + 60 * MIN + 30_000)
     assert (a["messages_last_minute"], a["messages_last_10_minutes"], a["messages_last_hour"]) == (1, 1, 2)
@@ -34,17 +34,17 @@ def test_last_minute_is_the_current_and_the_previous_window():
     t = 1_700_000_000_000 // MIN * MIN
     state = None
     for offset, ts in enumerate([t - 1, t + 1, t + MIN + 59_999]):
-        state = rooms.tally(state, offset, ts)
+        state = rooms.tally(state, [(offset, ts)])
     assert rooms.activity("r", state, 0, t + MIN + 59_999)["messages_last_minute"] == 2  # t-1 is two windows back
     assert rooms.activity("r", state, 0, t + 2 * MIN)["messages_last_minute"] == 1
 
 
 def test_the_directory_lists_rooms_with_messages_or_people_busiest_first_and_trending_ranks_ten_minutes():
     t = 1_700_000_000_000 // MIN * MIN
-    quiet = rooms.tally(None, 0, t - 30 * MIN)
+    quiet = rooms.tally(None, [(0, t - 30 * MIN)])
     busy = None
     for offset in range(3):
-        busy = rooms.tally(busy, offset, t - 2 * MIN)
+        busy = rooms.tally(busy, [(offset, t - 2 * MIN)])
     listing = rooms.directory({"quiet": quiet, "busy": busy}, {"empty-but-full": 4, "gone": 0}, t)
     assert [r["room"] for r in listing] == ["busy", "quiet", "empty-but-full"]
     assert [r["room"] for r in rooms.trending(listing)] == ["busy"]

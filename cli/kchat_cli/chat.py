@@ -48,9 +48,13 @@ async def _receive(client: Client, user: str, room: str, since: str | None) -> N
         if is_reconnect:
             print("-- reconnected --")
 
-    async with aclosing(client.events(room, since, on_reconnect=reconnecting,
-                                      on_connect=connected)) as stream:
+    async with aclosing(client.events(room, since, on_reconnect=reconnecting, on_connect=connected,
+                                      user=user, presence=True)) as stream:
         async for msg in stream:
+            if msg.get("event") in ("join", "leave"):
+                if msg.get("user") != user:
+                    print(f"-- {msg.get('user', '?')} {'joined' if msg['event'] == 'join' else 'left'} --")
+                continue
             if msg.get("user") == user:
                 continue  # already on screen as typed
             received += 1

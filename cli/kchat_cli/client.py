@@ -202,6 +202,13 @@ class Client:
                                    params={"limit": limit})
         return list(body.get("messages", [])), body.get("last_event_id")
 
+    async def rooms(self, trending: bool = False) -> list[dict[str, Any]]:
+        body = await self._request("GET", "/api/rooms/trending" if trending else "/api/rooms")
+        return list(body.get("rooms", []))
+
+    async def presence(self, room: str) -> dict[str, Any]:
+        return await self._request("GET", self._room_path(room, "presence"))
+
     async def user_counts(self) -> dict[str, int]:
         body = await self._request("GET", "/stats/users")
         return dict(body.get("users", {}))
@@ -216,8 +223,12 @@ class Client:
         since: str | None = None,
         on_reconnect: Callable[[str, float], None] | None = None,
         on_connect: Callable[[bool], None] | None = None,
+        user: str | None = None,
+        presence: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the room's messages as they arrive, forever.
+        """Yield the room's messages as they arrive, forever; with presence, also its joins and
+        leaves (dicts with "event": "join" or "leave"). With user, the stream is that user's
+        session in the room's presence.
 
         Resumes after `since` (an event id) if given. Once connected, a dropped
         stream is reopened with exponential backoff and Last-Event-ID, so the
@@ -232,12 +243,13 @@ class Client:
         connected_before = False
         delay = BACKOFF_START
         path = self._room_path(room, "events")
+        params = {"user": user} if user else {}
         timeout = httpx.Timeout(self.timeout, read=STREAM_IDLE_TIMEOUT)
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             wait: float | None = None
             try:
-                async with aconnect_sse(self._http, "GET", path, headers=headers,
+                async with aconnect_sse(self._http, "GET", path, headers=headers, params=params,
                                         timeout=timeout) as source:
                     response = source.response
                     if response.status_code != 200:
@@ -248,6 +260,15 @@ class Client:
                     connected_before = True
                     delay = BACKOFF_START
                     async for sse in source.aiter_sse():
+                        if sse.event in ("join", "leave"):
+                            if sse.id:
+                                last_id = sse.id
+                            if presence:
+                                try:
+                                    yield {**json.loads(sse.data), "event": sse.event}
+                                except ValueError:
+                                    pass
+                            continue
                         if sse.event != "message":
                             continue
                         if sse.id:

@@ -30,3 +30,22 @@ def stats_table(counts: dict[str, int], top: int | None = None) -> list[str]:
     lines = [f"{'USER':<{width}}  MESSAGES"]
     lines += [f"{user:<{width}}  {count:>8}" for user, count in rows]
     return lines
+
+
+def rooms_table(rooms: list[dict[str, Any]]) -> list[str]:
+    width = max([len("ROOM")] + [len(str(r.get("room"))) for r in rooms])
+    lines = [f"{'ROOM':<{width}}  LAST MIN  LAST 10 MIN  LAST HOUR  ONLINE  LAST MESSAGE"]
+    for r in rooms:
+        last = clock(r["last_message_at"]) if r.get("last_message_at") else "-"
+        lines.append(f"{r.get('room'):<{width}}  {r.get('messages_last_minute', 0):>8}  "
+                     f"{r.get('messages_last_10_minutes', 0):>11}  {r.get('messages_last_hour', 0):>9}  "
+                     f"{r.get('online', 0):>6}  {last}")
+    return lines
+
+
+def who_lines(presence: dict[str, Any]) -> list[str]:
+    lines = [f"{u['user']}  ({u['sessions']} session{'s' if u['sessions'] != 1 else ''})"
+             for u in presence.get("users", [])]
+    if presence.get("anonymous"):
+        lines.append(f"and {presence['anonymous']} anonymous")
+    return lines or ["nobody is here"]

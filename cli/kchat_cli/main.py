@@ -14,7 +14,7 @@ import httpx
 
 from kchat_cli import __version__
 from kchat_cli.client import EXIT_UNREACHABLE, EXIT_USAGE, Client, KchatError
-from kchat_cli.format import message_line, receipt_line, stats_table
+from kchat_cli.format import message_line, receipt_line, rooms_table, stats_table, who_lines
 
 PROG = "kchat-cli"
 DEFAULT_URL = "http://127.0.0.1:6066"
@@ -173,9 +173,10 @@ async def _send_lines(settings: Settings, user: str, room: str, show: Any) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print each message as a JSON line.")
 @click.option("--count", "-n", type=click.IntRange(min=1), metavar="N",
               help="Exit after N messages.")
+@click.option("--user", "-u", help="Be listed in the room's presence as USER while listening.")
 @click.pass_obj
 def listen(settings: Settings, room: str, since: str | None, as_json: bool,
-           count: int | None) -> None:
+           count: int | None, user: str | None) -> None:
     """Print the room's messages as they arrive (Ctrl-C to stop).
 
     Each line shows local time, user and text. A dropped connection is
@@ -193,7 +194,7 @@ def listen(settings: Settings, room: str, since: str | None, as_json: bool,
         received = 0
         async with settings.client() as client, aclosing(
                 client.events(room, since, on_reconnect=reconnecting,
-                              on_connect=connected)) as stream:
+                              on_connect=connected, user=user)) as stream:
             async for msg in stream:
                 out(json.dumps(msg, ensure_ascii=False) if as_json else message_line(msg))
                 received += 1
@@ -224,6 +225,37 @@ def chat(settings: Settings, user: str, room: str) -> None:
     from kchat_cli.chat import run_chat  # prompt_toolkit is only needed here
 
     asyncio.run(run_chat(settings.client(), user, room))
+
+
+@cli.command()
+@click.option("--trending", is_flag=True, help="Only the busiest rooms of the last 10 minutes.")
+@click.pass_obj
+def rooms(settings: Settings, trending: bool) -> None:
+    """List the rooms with messages or people: messages in the last minute, 10 minutes and hour,
+    who is online, the last message's time."""
+    async def fetch() -> list[dict[str, Any]]:
+        async with settings.client() as client:
+            return await client.rooms(trending)
+
+    found = asyncio.run(fetch())
+    if not found:
+        out("no rooms yet" if not trending else "nothing trending")
+        return
+    for line in rooms_table(found):
+        out(line)
+
+
+@cli.command()
+@click.option("--room", "-r", default="lobby", show_default=True, help="The room.")
+@click.pass_obj
+def who(settings: Settings, room: str) -> None:
+    """Who is in ROOM now: the named users with their open sessions."""
+    async def fetch() -> dict[str, Any]:
+        async with settings.client() as client:
+            return await client.presence(room)
+
+    for line in who_lines(asyncio.run(fetch())):
+        out(line)
 
 
 @cli.command()

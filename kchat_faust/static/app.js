@@ -1,4 +1,5 @@
-// kchat browser client: history, live messages over EventSource with resume, send, counts.
+// kchat browser client: history, live messages and joins/leaves over EventSource with resume, send,
+// who is online, the rooms with their activity, counts.
 // Message data only ever reaches the DOM through textContent: never through innerHTML.
 "use strict";
 
@@ -15,6 +16,7 @@
     chat: $("chat"), where: $("where"), state: $("state"), leave: $("leave"),
     messages: $("messages"), send: $("send"), text: $("text"), sendButton: $("send-button"),
     error: $("error"), users: $("users"), usersNote: $("users-note"),
+    online: $("online"), onlineNote: $("online-note"), rooms: $("rooms"), roomsNote: $("rooms-note"),
   };
 
   // One joined room at a time; callbacks of an older session check `session !== s` and stop.
@@ -36,6 +38,8 @@
   }
 
   function eventOffset(msg) {
+    // Presence events carry only their event id, "partition:offset".
+    if (msg.offset === undefined && typeof msg.event_id === "string") return Number(msg.event_id.split(":")[1]);
     return Number(msg.offset);
   }
 
@@ -72,8 +76,17 @@
     return li;
   }
 
-  // Adds a message once, in log order. Returns false for one already shown.
-  function addMessage(s, msg) {
+  function renderPresence(msg, kind) {
+    const li = document.createElement("li");
+    li.className = "presence " + kind;
+    li.dataset.eventId = msg.event_id;
+    li.dataset.offset = String(eventOffset(msg));
+    li.textContent = msg.user + (kind === "join" ? " joined" : " left");
+    return li;
+  }
+
+  // Adds a message (or a join or leave) once, in log order. Returns false for one already shown.
+  function addMessage(s, msg, kind) {
     if (!msg || typeof msg.event_id !== "string") return false;
     const offset = eventOffset(msg);
     if (!Number.isFinite(offset)) return false;
@@ -81,7 +94,7 @@
     s.seenIds.add(msg.event_id);
     s.seenOffsets.add(offset);
 
-    const li = renderMessage(s, msg);
+    const li = kind ? renderPresence(msg, kind) : renderMessage(s, msg);
     const list = ui.messages;
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     // A room lives in one partition, so its offsets order it. New messages go last;
@@ -121,7 +134,9 @@
     if (session !== s) return;
     const params = new URLSearchParams();
     if (s.lastEventId) params.set("last_event_id", s.lastEventId);
+    // Who is watching, for the room's presence: the token says it when there is one.
     if (s.token) params.set("access_token", s.token);
+    else params.set("user", s.user);
     let url = roomUrl(s.room, "/events");
     if (params.toString()) url += "?" + params.toString();
     const resumed = Boolean(s.lastEventId);
@@ -150,6 +165,16 @@
       advance(s, msg);
     });
 
+    for (const kind of ["join", "leave"]) {
+      es.addEventListener(kind, (ev) => {
+        if (session !== s || s.source !== es) return;
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch (_) { return; }
+        if (addMessage(s, msg, kind)) refreshPresence(s, false);
+        advance(s, msg);
+      });
+    }
+
     es.addEventListener("error", () => {
       if (session !== s || s.source !== es) return;
       // Do not rely on the browser's own retry: close, wait, and resume from what we saw.
@@ -162,39 +187,77 @@
     });
   }
 
-  // -- per-user counts -------------------------------------------------------------------
-  async function refreshStats(s) {
+  // -- the side panel: counts, who is online, the rooms ------------------------------------
+  // Fetches url for session s, shows it with render (which may return a note), and does so again
+  // every STATS_EVERY_MS; on failure the note says why.
+  async function poll(s, what, url, render, note, timer, again = true) {
     if (session !== s) return;
     try {
-      const r = await fetch("/stats/users", { cache: "no-store" });
+      const r = await fetch(url, { cache: "no-store", headers: authHeaders(s, {}) });
       const body = await r.json().catch(() => ({}));
       if (session !== s) return;
       if (!r.ok) throw new Error(body.error || "HTTP " + r.status);
-      renderStats(body.users || {});
-      ui.usersNote.textContent = "";
+      note.textContent = render(body) || "";
     } catch (err) {
-      if (session === s) ui.usersNote.textContent = "counts unavailable: " + err.message;
+      if (session === s) note.textContent = what + " unavailable: " + err.message;
     } finally {
-      if (session === s) s.statsTimer = setTimeout(() => refreshStats(s), STATS_EVERY_MS);
+      if (again && session === s) s[timer] = setTimeout(() => poll(s, what, url, render, note, timer), STATS_EVERY_MS);
     }
+  }
+
+  function refreshStats(s) {
+    poll(s, "counts", "/stats/users", (body) => renderStats(body.users || {}), ui.usersNote, "statsTimer");
   }
 
   function renderStats(users) {
     const rows = Object.entries(users).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-    const items = rows.map(([name, count]) => {
-      const li = document.createElement("li");
-      li.dataset.user = name;
-      if (session && name === session.user) li.classList.add("own");
-      const n = document.createElement("span");
-      n.className = "user";
-      n.textContent = name;
-      const c = document.createElement("span");
-      c.className = "count";
-      c.textContent = String(count);
-      li.append(n, c);
-      return li;
-    });
-    ui.users.replaceChildren(...items);
+    ui.users.replaceChildren(...rows.map(([name, count]) => userRow(name, String(count))));
+  }
+
+  // A user and a figure, as the side panel's lists show them.
+  function userRow(name, figure) {
+    const li = document.createElement("li");
+    li.dataset.user = name;
+    if (session && name === session.user) li.classList.add("own");
+    const n = document.createElement("span");
+    n.className = "user";
+    n.textContent = name;
+    const c = document.createElement("span");
+    c.className = "count";
+    c.textContent = figure;
+    li.append(n, c);
+    return li;
+  }
+
+  function refreshPresence(s, again = true) {
+    poll(s, "presence", roomUrl(s.room, "/presence"), (body) => {
+      ui.online.replaceChildren(...(body.users || []).map(
+        (u) => userRow(u.user, u.sessions > 1 ? u.sessions + " tabs" : "")));
+      return body.anonymous ? "and " + body.anonymous + " anonymous" : "";
+    }, ui.onlineNote, "presenceTimer", again);
+  }
+
+  function refreshRooms(s) {
+    poll(s, "rooms", "/api/rooms", (body) => {
+      ui.rooms.replaceChildren(...(body.rooms || []).slice(0, 30).map((room) => {
+        const li = document.createElement("li");
+        li.dataset.room = room.room;
+        if (room.room === s.room) li.classList.add("current");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.title = room.messages_last_hour + " messages in the last hour";
+        const n = document.createElement("span");
+        n.className = "name";
+        n.textContent = room.room;
+        const a = document.createElement("span");
+        a.className = "activity";
+        a.textContent = room.messages_last_minute + "/min · " + room.online + " online";
+        b.append(n, a);
+        b.addEventListener("click", () => { if (room.room !== s.room) join(s.user, room.room, s.token); });
+        li.append(b);
+        return li;
+      }));
+    }, ui.roomsNote, "roomsTimer");
   }
 
   // -- sending ---------------------------------------------------------------------------
@@ -259,13 +322,14 @@
   async function join(user, room, token) {
     leave();
     const s = {
-      user, room, token, source: null, retryTimer: null, statsTimer: null,
+      user, room, token, source: null, retryTimer: null, statsTimer: null, presenceTimer: null, roomsTimer: null,
       backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null,
       seenIds: new Set(), seenOffsets: new Set(),
     };
     session = s;
     ui.messages.replaceChildren();
     ui.users.replaceChildren();
+    ui.online.replaceChildren();
     ui.error.textContent = "";
     ui.joinError.textContent = "";
     ui.where.textContent = user + " in " + room;
@@ -276,6 +340,7 @@
     try { localStorage.setItem("kchat.user", user); localStorage.setItem("kchat.room", room); } catch (_) { /* private mode */ }
 
     refreshStats(s);
+    refreshRooms(s);
     let history = [];
     try {
       history = await loadHistory(s);
@@ -287,6 +352,7 @@
     if (!s.lastEventId && s.historyEnd) s.lastEventId = s.historyEnd;
     ui.messages.scrollTop = ui.messages.scrollHeight;
     connect(s);
+    refreshPresence(s);
     ui.text.focus();
   }
 
@@ -297,6 +363,8 @@
     if (s.source) s.source.close();
     clearTimeout(s.retryTimer);
     clearTimeout(s.statsTimer);
+    clearTimeout(s.presenceTimer);
+    clearTimeout(s.roomsTimer);
     ui.chat.hidden = true;
     ui.join.hidden = false;
     ui.leave.hidden = true;
