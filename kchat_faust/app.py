@@ -20,8 +20,8 @@ from . import counting, metrics, presence, rooms, web
 from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
-from .kafka_io import (KafkaRecordSource, KchatTransport, LogReader, MetadataProbe, PresenceSender, Publisher,
-                       StopBudget)
+from .kafka_io import (BrokerRefused, KafkaRecordSource, KchatTransport, LogReader, MetadataProbe, PresenceSender,
+                       Publisher, StopBudget)
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("kchat")
@@ -55,7 +55,11 @@ class KchatApp(faust.App):
     async def on_first_start(self) -> None:
         await super().on_first_start()
         timeout = self.settings.startup_timeout
-        if not await self.brokers.wait_until_reachable(timeout):
+        try:
+            reachable = await self.brokers.wait_until_reachable(timeout, refused=(BrokerRefused,))
+        except BrokerRefused as exc:
+            raise SystemExit(f"kchat: {exc}") from None
+        if not reachable:
             # One line, as for a bad setting: what it waited for, and where.
             raise SystemExit(f"kchat: no Kafka broker answered within {timeout:g}s "
                              f"(KCHAT_BROKER={self.settings.broker}, KCHAT_STARTUP_TIMEOUT)")

@@ -145,14 +145,23 @@ class BrokerWatch(mode.Service):
         if self._close is not None:
             await self._close()
 
-    async def wait_until_reachable(self, timeout: float) -> bool:
+    async def wait_until_reachable(self, timeout: float, refused: tuple[type[Exception], ...] = ()) -> bool:
         """Before the worker starts its Kafka clients: probe until a broker answers, at most `timeout`
         seconds. Faust's clients give up for good when no broker answers as they start (a worker
-        started before its brokers exited and was restarted, over and over, with a growing back-off)."""
+        started before its brokers exited and was restarted, over and over, with a growing back-off).
+        A `refused` error from the probe (wrong credentials, an untrusted certificate) is raised."""
         self.gate.install()
         deadline = self.clock() + timeout
         while True:
-            await self.check()
+            try:
+                await self.probe()
+            except refused:
+                raise
+            except Exception:  # noqa: BLE001 (not reachable yet)
+                pass
+            else:
+                self.last_answer = self.clock()
+            self.gate.tick(self.reachable)
             if self.reachable:
                 return True
             if self.clock() >= deadline:

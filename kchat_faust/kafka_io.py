@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Mapping
@@ -19,7 +20,8 @@ from typing import AsyncIterator, Mapping
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from faust.transport.drivers import aiokafka as faust_kafka
 
@@ -228,6 +230,10 @@ class PresenceSender:
             await producer.send_and_wait(self.topic, value, key=key, partition=partition)
 
 
+class BrokerRefused(Exception):
+    """The brokers answer but refuse this worker's credentials or certificate: no retry can help."""
+
+
 class MetadataProbe:
     """Asks any broker for the cluster's metadata, the cheapest question every broker answers:
     how BrokerWatch tells whether this worker can reach the brokers at all. A client of its
@@ -244,11 +250,43 @@ class MetadataProbe:
                                         request_timeout_ms=int(self.timeout * 1000))
                 try:
                     await client.bootstrap()
+                except KafkaError:
+                    await client.close()
+                    await self._diagnose()
+                    raise
                 except BaseException:
                     await client.close()
                     raise
                 self._client = client
             await self._client.fetch_all_metadata()
+
+    async def _diagnose(self) -> None:
+        """aiokafka's bootstrap says only "Unable to bootstrap": connect once more to tell a broker that
+        refuses our credentials or certificate (BrokerRefused, naming the setting) from one that is down."""
+        s = self.settings
+        if s.security_protocol == "PLAINTEXT":
+            return
+        host, _, port = s.bootstrap_servers.split(",")[0].rpartition(":")
+        options = s.aiokafka_options()
+        try:
+            conn = await create_conn(host, int(port), request_timeout_ms=int(self.timeout * 1000),
+                                     ssl_context=options.get("ssl_context"), security_protocol=s.security_protocol,
+                                     sasl_mechanism=s.sasl_mechanism, sasl_plain_username=s.sasl_username,
+                                     sasl_plain_password=s.sasl_password)
+        except SaslAuthenticationFailed:
+            raise BrokerRefused(f"the brokers refused KCHAT_KAFKA_SASL_USERNAME={s.sasl_username!r} with that "
+                                f"KCHAT_KAFKA_SASL_PASSWORD ({s.sasl_mechanism})") from None
+        except UnsupportedSaslMechanismError:
+            raise BrokerRefused(f"the brokers do not offer KCHAT_KAFKA_SASL_MECHANISM={s.sasl_mechanism}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise BrokerRefused(f"KCHAT_KAFKA_SSL_CAFILE={s.ssl_cafile or '(the system CAs)'!r} does not trust "
+                                f"the brokers' certificate ({exc.verify_message})") from None
+        except ssl.SSLError as exc:
+            raise BrokerRefused(f"TLS with the brokers failed ({exc.reason or exc}); check KCHAT_KAFKA_SECURITY_PROTOCOL "
+                                "and KCHAT_KAFKA_SSL_CAFILE / _CERTFILE / _KEYFILE") from None
+        except (OSError, asyncio.TimeoutError, KafkaError):
+            return  # down or unreachable: worth retrying
+        conn.close()
 
     async def close(self) -> None:
         client, self._client = self._client, None
