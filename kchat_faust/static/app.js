@@ -239,7 +239,12 @@
 
   function refreshRooms(s) {
     poll(s, "rooms", "/api/rooms", (body) => {
-      ui.rooms.replaceChildren(...(body.rooms || []).slice(0, 30).map((room) => {
+      // The busiest rooms, and the current one wherever it ranks.
+      const rooms = body.rooms || [];
+      const shown = rooms.slice(0, 30);
+      const current = rooms.find((r) => r.room === s.room);
+      if (current && !shown.includes(current)) shown.push(current);
+      ui.rooms.replaceChildren(...shown.map((room) => {
         const li = document.createElement("li");
         li.dataset.room = room.room;
         if (room.room === s.room) li.classList.add("current");
