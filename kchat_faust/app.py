@@ -114,6 +114,10 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         # group would then ignore it until the next refresh (5 minutes by default), and nothing
         # would be counted. Refresh often enough that a new topic joins the assignment at once.
         consumer_metadata_max_age_ms=5000,
+        # How long a dead worker's partitions wait before the group gives them to the others;
+        # the brokers accept 6 s to 30 min (group.min/max.session.timeout.ms).
+        broker_session_timeout=settings.group_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.group_session_timeout / 3),
         logging_config=settings.logging_config(),
         # mode turns each write to stderr into a log line of its own: a traceback printed there
         # came out one line (often one character) per record. Let stderr be stderr.

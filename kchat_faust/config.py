@@ -108,6 +108,9 @@ class Settings:
     keepalive: float = 15.0
     idempotency_window: float = limits.IDEMPOTENCY_WINDOW
     presence_timeout: float = 15.0
+    # Faust's default (60 s) left a killed worker's partitions -- its share of counting and
+    # presence -- unread for a minute before the group moved them.
+    group_session_timeout: float = 20.0
     startup_timeout: float = 300.0
     log_format: str = "text"
     # limits (0 = off)
@@ -140,6 +143,10 @@ class Settings:
                 f"KCHAT_MIN_INSYNC_REPLICAS={min_isr} is above KCHAT_REPLICATION_FACTOR={rf}: "
                 "every acks=all publish would fail"
             )
+        session = _float(env, "KCHAT_GROUP_SESSION_TIMEOUT", cls.group_session_timeout)
+        if not 6 <= session <= 1800:  # the brokers' default group.min/max.session.timeout.ms
+            raise ConfigError(f"KCHAT_GROUP_SESSION_TIMEOUT={session:g} is outside 6..1800 seconds, "
+                              "which the brokers refuse")
         broker = env.get("KCHAT_BROKER", "").strip() or cls.broker
         if not kafka_servers(broker):
             raise ConfigError(f"KCHAT_BROKER={broker!r} names no broker")
@@ -158,6 +165,7 @@ class Settings:
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
             idempotency_window=_float(env, "KCHAT_IDEMPOTENCY_WINDOW", cls.idempotency_window),
             presence_timeout=_float(env, "KCHAT_PRESENCE_TIMEOUT", cls.presence_timeout),
+            group_session_timeout=session,
             startup_timeout=_float(env, "KCHAT_STARTUP_TIMEOUT", cls.startup_timeout),
             log_format=_choice(env, "KCHAT_LOG_FORMAT", ("text", "json")),
             max_streams=_int(env, "KCHAT_MAX_STREAMS", cls.max_streams, low=0),

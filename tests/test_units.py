@@ -27,6 +27,7 @@ def test_min_isr_defaults_down_to_rf_on_a_one_broker_laptop():
     ({"KCHAT_PARTITIONS": "0"}, "at least 1"),
     ({"KCHAT_BROKER": " , "}, "names no broker"),
     ({"KCHAT_PUBLISH_TIMEOUT": "-1"}, "positive"),
+    ({"KCHAT_GROUP_SESSION_TIMEOUT": "3"}, "outside 6..1800"),
 ])
 def test_bad_settings_are_refused_with_the_variable_named(env, word):
     with pytest.raises(ConfigError, match=word) as exc:
