@@ -602,8 +602,9 @@ def _package(frame: str) -> str:
 # What the worker was doing: the first of these found in a stack (from the root) names the sample.
 ACTIVITIES = (
     ("HTTP requests (aiohttp, views)", ("RequestHandler.", "aiohttp/web_protocol.py", "kchat_faust/views.py")),
-    ("agents route_by_user/count_messages", ("Agent._execute_actor", "route_by_user", "count_messages")),
-    ("fan-out reader (Hub)", ("Hub.", "kchat_faust/fanout.py")),
+    ("agents (counting, presence, rooms)", ("Agent._execute_actor", "route_by_user", "count_messages",
+                                            "track_presence")),
+    ("fan-out reader (Hub)", ("Hub.", "kchat_faust/hub.py", "kchat_faust/feed.py")),
     ("aiokafka producer sender", ("aiokafka/producer/",)),
     ("aiokafka connections", ("aiokafka/conn.py",)),
     ("faust consumer/fetcher", ("faust/transport/", "aiokafka/consumer/")),
@@ -709,6 +710,12 @@ def section_profile(ctx: Ctx) -> None:
                                      "port": w.port, "kind": "native", "concurrency": c, "room": "bench",
                                      "warmup": 0.5, "duration": d, "text_bytes": TEXT_BYTES,
                                      "watch_pid": w.proc.pid}, timeout=d + 60, on_start=on_start)))
+    for r in a.profile_rates:  # open loop: what each message costs at a steady rate, counting included
+        runs[f"rate{r}"] = (f"publish load ({r} msg/s, open loop) on worker A",
+                            lambda on_start, r=r: strip(run_load(ctx, "rate", {
+                                "port": w.port, "kind": "native", "room": "bench-rate", "rate": r,
+                                "duration": d, "pool": 32, "text_bytes": TEXT_BYTES},
+                                timeout=d + 60, on_start=on_start)))
     if rate and nsubs:
         runs["fanout"] = (f"fan-out load ({rate} msg/s x {nsubs} subscribers) on worker A",
                           lambda on_start: strip(e2e_cell(ctx, rate, nsubs, d + 0.5, w, tag="prof",
@@ -826,6 +833,7 @@ def parse_args(argv=None):
     ap.add_argument("--profile-duration", type=float, help="seconds per profile (15; quick 3)")
     ap.add_argument("--profile-fanout", default="1000,1000", help="rate,subscribers of the profiled fan-out (1000,1000; 0,0: none)")
     ap.add_argument("--profile-publish", default="1,64", help="concurrencies of the profiled publish loads (1,64)")
+    ap.add_argument("--profile-rates", default="300", help="rates of the profiled open-loop publish loads (300)")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                     help="event loop of the workers and of the bare aiohttp baseline (asyncio; uvloop needs the "
                          "uvloop package); the load processes always use asyncio")
@@ -860,6 +868,7 @@ def parse_args(argv=None):
     a.e2e_floor_windows = [float(x) for x in a.e2e_floor_windows.split(",") if x]
     a.profile_fanout = [int(x) for x in a.profile_fanout.split(",")]
     a.profile_publish = [int(x) for x in a.profile_publish.split(",") if x]
+    a.profile_rates = [int(x) for x in a.profile_rates.split(",") if x]
     return a
 
 

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""A/B rounds: the worker of one commit against the worker of another, interleaved, with the baselines
+measured in every round. Prints figures and ratios (min / median / max over the rounds); never fails on
+timing.
+
+    .venv/bin/python bench/ab.py --a 95e63a3              # that commit's kchat_faust vs the working tree's
+    .venv/bin/python bench/ab.py --a REV --b REV2 --rounds 3 --duration 10 --rate 300
+
+Each round runs, in this order: the bare aiohttp handler (bench/bare.py) and aiokafka's own send_and_wait
+at c=64 and c=1 (the ceilings of the publish path), then worker A, then worker B (the order of A and B
+swaps every round). A worker is started fresh for its cell, on a Kafka of its own variant (two one-node
+clusters: the variants' topics and tables never mix), and measured for
+  - publish at c=64 and at c=1 (closed loop, native JSON POSTs): req/s, p50;
+  - CPU per published message: `--rate` POSTs a second for `--duration` s (open loop), then the
+    worker's CPU until it is quiet again (counting trails the posts) over the messages: everything the
+    worker does for a message, counting included;
+  - end to end at `--e2e-rate` msg/s x `--e2e-subs` subscribers (bench/sse_sink): POST sent -> SSE
+    event, p99, against the same cell on bench/bare_fanout.py (no Kafka: the floor) in the same round.
+The load average is printed with every round: the machine is shared, so a round on a busy machine says
+less than the ratios, which both sides of a round share.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import run  # bench/ is on sys.path: this runs as a script beside run.py
+from kchat_testkit.kafka import KafkaCluster, create_topic
+from kchat_testkit.procs import proc_cpu, quiesce
+from kchat_testkit.worker import Worker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_of(rev: str | None, into: Path) -> Path:
+    """kchat_faust/ of a commit (git archive), or of the working tree when rev is None."""
+    into.mkdir(parents=True)
+    if rev is None:
+        shutil.copytree(REPO / "kchat_faust", into / "kchat_faust",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        archive = subprocess.run(["git", "archive", rev, "kchat_faust"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+class Variant:
+    def __init__(self, name: str, rev: str | None, tmp: Path) -> None:
+        self.name, self.rev = name, rev or "working tree"
+        self.code = code_of(rev, tmp / f"code-{name}")
+        self.cluster = KafkaCluster.start_new(tmp / f"kafka-{name}")
+        self.tmp = tmp
+        self.cells = 0
+
+    def worker(self) -> Worker:
+        self.cells += 1
+        env = {"KCHAT_REPLICATION_FACTOR": "1", "PYTHONPATH": str(self.code)}
+        w = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}", env)
+        w.start(timeout=180)
+        return w
+
+
+def cell(ctx: run.Ctx, v: Variant, a) -> dict:
+    """One variant's figures in one round, on a fresh worker."""
+    w = v.worker()
+    try:
+        # Warm it up unrecorded: connections, first batches, the agents' first commits.
+        run.closed_loop(ctx, w.port, "native", 16, w.proc.pid, 3.0, 0.0)
+        c64 = run.closed_loop(ctx, w.port, "native", 64, w.proc.pid, a.duration, a.warmup)
+        c1 = run.closed_loop(ctx, w.port, "native", 1, w.proc.pid, a.duration, a.warmup)
+        quiesce(w.proc.pid)
+        cpu0 = proc_cpu(w.proc.pid)
+        r = run.run_load(ctx, "rate", {"port": w.port, "kind": "native", "room": f"ab-{v.name}", "rate": a.rate,
+                                       "duration": a.duration, "pool": 32, "text_bytes": run.TEXT_BYTES},
+                         timeout=a.duration + 60)
+        quiesce(w.proc.pid, limit=60)  # the counting that trails the posts belongs to them
+        cpu = proc_cpu(w.proc.pid) - cpu0
+        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, w, tag=v.name)
+        e2e.pop("_lat")
+        return {"e2e_p99_ms": e2e["latency"].get("p99_ms"), "e2e_p50_ms": e2e["latency"].get("p50_ms"),
+                "e2e_delivered": e2e["delivered_fraction"],
+                "c64": c64["throughput"], "c64_p50_ms": run.pcts(c64["lat"])["p50_ms"],
+                "c1": c1["throughput"], "c1_p50_ms": run.pcts(c1["lat"])["p50_ms"],
+                "cpu_us_per_msg": 1e6 * cpu / r["ok"] if r["ok"] else None, "rate_ok": r["ok"],
+                "loadavg": os.getloadavg()[0]}
+    finally:
+        w.stop_or_kill()
+
+
+def baselines(ctx: run.Ctx, a, bootstrap: str) -> dict:
+    with run.BareServer(ctx, "bare.py", 4 * (a.duration + a.warmup + 60) + 60) as bare:
+        b64 = run.closed_loop(ctx, bare.port, "native", 64, bare.proc.pid, a.duration, a.warmup)
+    out = {"bare_c64": b64["throughput"]}
+    for c in (64, 1):
+        r = run.run_load(ctx, "aiokafka", {"bootstrap": bootstrap, "topic": "ab-aiokafka", "concurrency": c,
+                                           "warmup": a.warmup, "duration": a.duration,
+                                           "record_bytes": run.TEXT_BYTES}, timeout=a.warmup + a.duration + 60)
+        out[f"aiokafka_c{c}"] = r["throughput"]
+        out[f"aiokafka_c{c}_p50_ms"] = run.pcts(r["lat"])["p50_ms"]
+    # The floor: the same end-to-end cell on a fan-out server without Kafka (one loop turn per batch).
+    with run.BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600, "0") as bare:
+        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, bare, tag="floor")
+    out["floor_e2e_p99_ms"] = e2e["latency"].get("p99_ms")
+    out["floor_e2e_p50_ms"] = e2e["latency"].get("p50_ms")
+    return out
+
+
+def spread(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"
+
+
+def report(rounds: list[dict], names: tuple[str, str]) -> dict:
+    a, b = names
+    figures = {
+        f"{n} publish c=64 / bare aiohttp c=64": [r[n]["c64"] / r["base"]["bare_c64"] for r in rounds]
+        for n in names}
+    for n in names:
+        figures[f"{n} publish c=64 / aiokafka send_and_wait c=64"] = [
+            r[n]["c64"] / r["base"]["aiokafka_c64"] for r in rounds]
+        figures[f"{n} publish c=1 p50 / aiokafka c=1 p50"] = [
+            r[n]["c1_p50_ms"] / r["base"]["aiokafka_c1_p50_ms"] for r in rounds]
+    for n in names:
+        figures[f"{n} end to end p99 / bare fan-out p99"] = [
+            r[n]["e2e_p99_ms"] / r["base"]["floor_e2e_p99_ms"]
+            if r[n]["e2e_p99_ms"] and r["base"]["floor_e2e_p99_ms"] else None for r in rounds]
+    figures[f"CPU per message {b} / {a}"] = [r[b]["cpu_us_per_msg"] / r[a]["cpu_us_per_msg"] for r in rounds]
+    print()
+    print(f"{'ratio':60s}  min / median / max over {len(rounds)} rounds")
+    for name, xs in figures.items():
+        print(f"{name:60s}  {spread(xs)}")
+    print()
+    for n in names:
+        print(f"{n}: CPU per message (us): {spread([r[n]['cpu_us_per_msg'] for r in rounds])}; "
+              f"c=64 {spread([r[n]['c64'] for r in rounds])} req/s; c=1 p50 {spread([r[n]['c1_p50_ms'] for r in rounds])} ms")
+    print(f"baselines: bare aiohttp c=64 {spread([r['base']['bare_c64'] for r in rounds])} req/s; aiokafka c=64 "
+          f"{spread([r['base']['aiokafka_c64'] for r in rounds])} msg/s, c=1 p50 "
+          f"{spread([r['base']['aiokafka_c1_p50_ms'] for r in rounds])} ms; bare fan-out e2e p99 "
+          f"{spread([r['base']['floor_e2e_p99_ms'] for r in rounds])} ms")
+    print("load average (1 min) at each round's start: "
+          + ", ".join(f"{r['loadavg_start']:.1f}" for r in rounds))
+    return {k: v for k, v in figures.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", required=True, help="commit of variant A (git rev)")
+    p.add_argument("--b", default=None, help="commit of variant B (default: the working tree)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per load cell")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rate", type=int, default=300, help="open-loop POSTs a second for CPU per message")
+    p.add_argument("--e2e-rate", type=int, default=100, help="messages per second of the end-to-end cell")
+    p.add_argument("--e2e-subs", type=int, default=1000, help="subscribers of the end-to-end cell")
+    p.add_argument("--e2e-duration", type=float, default=15.0, help="seconds of load of the end-to-end cell")
+    a = p.parse_args(argv)
+    run.raise_nofile()
+    ctx = run.Ctx(argparse.Namespace(subscribers="go", loop="asyncio"), time.strftime("%Y%m%d-%H%M%S"))
+    tmp = Path(tempfile.mkdtemp(prefix="kchat-ab-"))
+    variants: list[Variant] = []
+    rounds: list[dict] = []
+    try:
+        variants = [Variant("A", a.a, tmp), Variant("B", a.b, tmp)]
+        create_topic(variants[0].cluster.bootstrap, "ab-aiokafka", 12, 1)
+        for i in range(a.rounds):
+            r = {"loadavg_start": os.getloadavg()[0], "base": baselines(ctx, a, variants[0].cluster.bootstrap)}
+            for v in (variants if i % 2 == 0 else variants[::-1]):
+                run.log(f"round {i + 1}: worker {v.name} ({v.rev})")
+                r[v.name] = cell(ctx, v, a)
+            rounds.append(r)
+            run.log(f"round {i + 1}: {json.dumps(r)}")
+        figures = report(rounds, ("A", "B"))
+        out = ctx.results_dir / f"ab-{ctx.stamp}.json"
+        out.write_text(json.dumps({"a": a.a, "b": a.b or "working tree", "options": vars(a), "rounds": rounds,
+                                   "ratios": figures}, indent=2))
+        print(f"\nresults: {out.relative_to(REPO)}")
+    finally:
+        for p_ in ctx.children:
+            p_.kill()
+        for v in variants:
+            v.cluster.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
