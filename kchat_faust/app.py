@@ -52,6 +52,15 @@ class KchatApp(faust.App):
     def _new_web(self) -> web.KchatWeb:
         return web.KchatWeb(self)
 
+    def raw_topic(self, name: str, **config: str) -> faust.TopicT:
+        """A topic of raw bytes, laid out like the chat topic (partitions, replicas, min ISR; plus
+        config). internal=True makes Faust create it with these settings when it is missing: the
+        brokers run with auto.create.topics.enable=false, so nothing else may create it."""
+        s = self.settings
+        return self.topic(name, key_serializer="raw", value_serializer="raw", partitions=s.partitions,
+                          replicas=s.replication_factor, internal=True,
+                          config={"min.insync.replicas": str(s.min_insync_replicas), **config})
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         timeout = self.settings.startup_timeout
@@ -128,17 +137,7 @@ def create_app(settings: Settings | None = None) -> KchatApp:
     app.metrics = metrics.Metrics()
     app.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
 
-    # internal=True makes Faust create the topic with these settings when it is missing:
-    # brokers run with auto.create.topics.enable=false, so nothing else may create it.
-    chat_topic = app.topic(
-        settings.topic,
-        key_serializer="raw",
-        value_serializer="raw",  # decoded by decode_record, which also accepts plain text lines
-        partitions=settings.partitions,
-        replicas=settings.replication_factor,
-        internal=True,
-        config={"min.insync.replicas": str(settings.min_insync_replicas)},
-    )
+    chat_topic = app.raw_topic(settings.topic)  # decoded by decode_record, which also accepts text lines
     app.rooms = rooms.setup(app)
     app.counts = counting.setup(app, chat_topic, on_messages=app.rooms.tally)
     app.presence_table = presence.setup(app, chat_topic)

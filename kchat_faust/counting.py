@@ -147,16 +147,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
     [(offset, timestamp)]) is told of the messages route_by_user routes (the room directory tallies
     them), within the event context of their batch."""
     settings = app.settings
-    by_user_topic = app.topic(
-        f"{settings.topic}-by-user",
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-        replicas=settings.replication_factor,
-        # internal=True makes Faust create it (brokers never auto-create topics).
-        internal=True,
-        config={"min.insync.replicas": str(settings.min_insync_replicas)},
-    )
+    by_user_topic = app.raw_topic(f"{settings.topic}-by-user")
     table = app.Table(
         TABLE,
         default=None,

@@ -210,16 +210,8 @@ class Sessions(mode.Service):
 def setup(app: "KchatApp", chat_topic: faust.TopicT):
     """Declare the presence topic, the table and the agent on app."""
     settings = app.settings
-    topic = app.topic(
-        f"{settings.topic}-presence",
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-        replicas=settings.replication_factor,
-        internal=True,
-        # The table holds the state; the records are only needed until they are applied.
-        config={"min.insync.replicas": str(settings.min_insync_replicas), "retention.ms": str(24 * 3600 * 1000)},
-    )
+    # The table holds the state; the records are only needed until they are applied.
+    topic = app.raw_topic(f"{settings.topic}-presence", **{"retention.ms": str(24 * 3600 * 1000)})
     table = app.Table(TABLE, default=None, partitions=settings.partitions,
                       options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
                                "max_write_buffer_number": 2})
