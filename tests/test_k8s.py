@@ -545,7 +545,7 @@ def test_cluster_id_is_a_kafka_uuid(variants):
 
 @pytest.mark.kafka
 @pytest.mark.cluster4
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(variants, broker_config, tmp_path):
     r = variants["local"]
     lib = kafka_lib()
@@ -570,7 +570,7 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
     job = s.container(r.get("Job", "chatroom-topic"))
     script = job["args"][0]
     job_env = s.env_values(job) | {
-        "PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "BOOTSTRAP": bootstrap, "WAIT_SECONDS": "150",
+        "PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "BOOTSTRAP": bootstrap, "WAIT_SECONDS": "420",
         "KAFKA_TOPICS": f"java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "
                         f"-Dlog4j2.configurationFile={s.LOG4J_CONFIG} -Dkchat.log.level=WARN "
                         f"-Dkchat.log.target=SYSTEM_ERR -cp {lib}/* org.apache.kafka.tools.TopicCommand"}
@@ -594,7 +594,10 @@ def test_broker_config_boots_a_cluster_and_the_topic_job_creates_chatroom(varian
         assert up.stdout.strip().splitlines()[-1] == bootstrap
         print(f"cluster up in {time.monotonic() - t0:.1f}s")
 
-        out, _ = early_job.communicate(timeout=170)
+        # The Job's wait is counted in wall-clock seconds (bash's SECONDS): far longer than `up` may
+        # take, so that a slow or stalled machine (the JVMs once took 3 minutes of wall time to boot
+        # here) fails `up`, not the Job.
+        out, _ = early_job.communicate(timeout=450)
         assert early_job.returncode == 0, out[-3000:]
         # Nothing else creates topics here. On a loaded machine an attempt may create the topic and
         # still time out on the client's side; the next one then finds it (--if-not-exists) and says
