@@ -89,8 +89,7 @@ class KchatApp(faust.App):
 
     def presence_online(self) -> dict[str, int]:
         """Named users online per room, in the rooms whose presence this worker holds."""
-        return {room: len(presence.listing(state)["users"]) for room, state in self.presence_table.items()
-                if state and room != presence.WORKERS}
+        return {room: len(listed["users"]) for room, listed in presence.listings(self.presence_table)}
 
     def readiness(self) -> dict[str, bool]:
         recovery = self.tables.recovery

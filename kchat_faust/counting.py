@@ -53,10 +53,10 @@ def counted(state: State | None, partition: int, offsets) -> State | None:
     state = state or {"count": 0, "seen": {}}
     key = str(partition)
     seen = state["seen"].get(key, -1)
-    new = sorted({o for o in offsets if o > seen})
+    new = {o for o in offsets if o > seen}
     if not new:
         return None
-    return {"count": state["count"] + len(new), "seen": {**state["seen"], key: new[-1]}}
+    return {"count": state["count"] + len(new), "seen": {**state["seen"], key: max(new)}}
 
 
 @contextmanager

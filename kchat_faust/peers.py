@@ -130,11 +130,8 @@ async def room_presence(app: "KchatApp", room: str) -> dict:
 
 def local_rooms(app: "KchatApp") -> dict:
     """This worker's share of the directory: activity and attendance of the rooms it holds."""
-    online = {}
-    for room, state in app.presence_table.items():
-        if state and room != presence.WORKERS:
-            listed = presence.listing(state)
-            online[room] = len(listed["users"]) + listed["anonymous"]
+    online = {room: len(listed["users"]) + listed["anonymous"]
+              for room, listed in presence.listings(app.presence_table)}
     return {"activity": app.rooms.snapshot(), "online": online}
 
 

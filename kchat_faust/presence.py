@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
 import faust
 import mode
@@ -82,6 +82,13 @@ def listing(state: dict | None) -> dict:
     counts = _users(state) if state else {}
     anonymous = counts.pop(None, 0)
     return {"users": [{"user": u, "sessions": n} for u, n in sorted(counts.items())], "anonymous": anonymous}
+
+
+def listings(table) -> Iterator[tuple[str, dict]]:
+    """(room, listing) for every room of the table with someone in it (this worker's partitions)."""
+    for room, state in table.items():
+        if state and room != WORKERS:
+            yield room, listing(state)
 
 
 # -- the agent's side ---------------------------------------------------------------------------
