@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 6066
 KAFKA := scripts/kafka-local
 
-.PHONY: help setup tools run down test bench chaos faults k8s-e2e k8s-smoke k8s-down clean
+.PHONY: help setup tools test-tools fresh-check run down test bench chaos faults k8s-e2e k8s-smoke k8s-down clean
 
 help:
 	@echo "make run     start a local Kafka (one broker) and a kchat worker on port $(PORT)"
@@ -19,19 +19,22 @@ help:
 	@echo "make k8s-e2e the tutorial on a one-node Kubernetes built here: Part 1, Part 2, a rolling update"
 	@echo "             (~20 min, +20 the first time; K8S_KEEP=1 leaves the cluster up; make k8s-down removes it)"
 
-# Java 17+ and Maven run Kafka; openssl makes the secured cluster's certificates; ip, nft, iptables,
-# nsenter, losetup, mkfs.ext4 and fsfreeze make the fault suite's namespaces, cuts and disks. Debian's
-# packages where the machine lacks them.
+# Debian keeps nft, iptables, losetup ... in /usr/sbin, which a non-root PATH lacks. Go fetches the toolchain
+# a module asks for (Debian's go.env says local).
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+export GOTOOLCHAIN := auto
+
+# Python's venv, Java 17+ and Maven run the service; the tests add openssl, the fault suite's ip, nft, iptables,
+# nsenter, losetup, mkfs.ext4, fsfreeze, and Go. Debian's packages where the machine lacks them
+# (scripts/install-tools names each missing tool; not root: which packages to install).
 tools:
-	@command -v java >/dev/null && command -v mvn >/dev/null || { \
-	  echo "installing Java and Maven from Debian's packages"; \
-	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
-	@for t in openssl ip nft iptables nsenter losetup mkfs.ext4 fsfreeze; do command -v $$t >/dev/null || exit 1; done || { \
-	  echo "installing openssl, iproute2, nftables, iptables, util-linux, e2fsprogs from Debian's packages"; \
-	  apt-get update -qq && apt-get install -y -qq openssl iproute2 nftables iptables util-linux e2fsprogs >/dev/null; }
+	@scripts/install-tools run
+
+test-tools:
+	@scripts/install-tools test
 
 $(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -56,7 +59,7 @@ down:
 
 # As root, the local Kubernetes and its images (tests/test_k8s_local.py, run last) are built in the background at
 # the lowest priority while the other tests run: the first time that is ~20 minutes of building.
-test: setup
+test: setup test-tools
 	@scripts/install-kustomize >/dev/null
 	@scripts/install-chromium
 	@mkdir -p test-artifacts
