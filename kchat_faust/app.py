@@ -13,6 +13,7 @@ app.brokers, app.counts, app.rooms, app.sessions, app.presence_table, app.metric
 from __future__ import annotations
 
 import logging
+import os
 
 import faust
 
@@ -101,6 +102,18 @@ class KchatApp(faust.App):
         }
 
 
+# The Faust settings the KCHAT_* ones set, reported at startup.
+FAUST_REPORTED = ("broker", "datadir", "topic_partitions", "topic_replication_factor", "producer_acks",
+                  "broker_session_timeout", "broker_heartbeat_interval", "web_host")
+
+
+def faust_names_set(environ=None) -> list[str]:
+    """The environment variables named like Faust's settings that are set (and so ignored)."""
+    env = os.environ if environ is None else environ
+    names = {p.env_name for p in faust.Settings.SETTINGS.values() if p.env_name} | {"APP_ENV_PREFIX"}
+    return sorted(n for n in names if n in env)
+
+
 def create_app(settings: Settings | None = None) -> KchatApp:
     """The app for these settings (default: from the environment; raises ConfigError)."""
     settings = settings if settings is not None else Settings.from_env()
@@ -130,6 +143,10 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         # mode turns each write to stderr into a log line of its own: a traceback printed there
         # came out one line (often one character) per record. Let stderr be stderr.
         worker_redirect_stdouts=False,
+        # Faust reads its own names (BROKER_URL, APP_DATADIR, BROKER_SESSION_TIMEOUT, ...) from the
+        # environment and lets them beat these arguments: a stray one would silently override a
+        # KCHAT_* setting. An empty environment leaves the KCHAT_* settings the only source.
+        env={},
     )
     app.settings = settings
     app.stop_budget = StopBudget()
@@ -150,8 +167,14 @@ def create_app(settings: Settings | None = None) -> KchatApp:
     web.setup(app)
     metrics.install(app)
 
+    ignored = faust_names_set()
+
     @app.task
     async def announce_config() -> None:
         log.info("kchat worker config: %s", settings.summary())
+        # What Faust runs with, read back from its settings: the KCHAT_* values, whatever else is set.
+        log.info("kchat faust settings: %s", {name: str(getattr(app.conf, name)) for name in FAUST_REPORTED})
+        if ignored:
+            log.warning("kchat ignores Faust's environment variables %s: it reads KCHAT_* only", ", ".join(ignored))
 
     return app

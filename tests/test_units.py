@@ -200,3 +200,42 @@ async def test_the_producer_flushes_every_queued_changelog_write_before_a_commit
     finally:
         producer.buffer = real
     assert rounds == [3, 2, 1, 0]  # until the buffer is empty, then Faust's own call
+
+
+# Faust's own names for the settings kchat sets from KCHAT_* (faust.Settings reads them from the environment and
+# lets them beat the constructor's arguments unless the app is built with an environment of its own).
+FAUST_NAMES = {"BROKER_URL": "kafka://elsewhere:1", "APP_DATADIR": "/nowhere", "TOPIC_PARTITIONS": "3",
+               "TOPIC_REPLICATION_FACTOR": "3", "BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1",
+               "PRODUCER_ACKS": "1", "APP_ENV_PREFIX": "X"}
+
+
+def test_faust_environment_names_change_no_setting(monkeypatch):
+    from kchat_faust.app import create_app, faust_names_set
+
+    for name, value in FAUST_NAMES.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("X_BROKER_SESSION_TIMEOUT", "11")  # what APP_ENV_PREFIX would have pointed at
+    app = create_app(Settings.from_env())
+    conf = app.conf
+    assert (str(conf.broker[0]), str(conf.datadir), conf.topic_partitions, conf.topic_replication_factor,
+            conf.producer_acks) == ("kafka://127.0.0.1:9092", "kchat-data", 12, 4, -1)
+    assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (20.0, 3.0)
+    assert faust_names_set() == sorted(FAUST_NAMES)  # named in the startup warning
+
+
+async def test_kchat_group_session_timeout_is_what_faust_runs_with(monkeypatch):
+    from kchat_faust.app import create_app
+
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "30")
+    monkeypatch.setenv("KCHAT_GROUP_SESSION_TIMEOUT", "10")
+    app = create_app(Settings.from_env())
+    assert (app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval) == (10.0, 3.0)
+
+    async def nothing(*args) -> None:
+        return None
+
+    # What the group's consumer is built with (never started): aiokafka sends it in its JoinGroup.
+    thread = app.transport.create_consumer(callback=nothing, on_partitions_revoked=nothing,
+                                           on_partitions_assigned=nothing)._new_consumer_thread()
+    consumer = thread._create_worker_consumer(app.transport)
+    assert (consumer._session_timeout_ms, consumer._heartbeat_interval_ms) == (10000, 3000)
