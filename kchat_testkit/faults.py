@@ -64,8 +64,8 @@ WORKER_ENV = {
     "KCHAT_REPLICATION_FACTOR": "4", "KCHAT_MIN_INSYNC_REPLICAS": "2",
     "KCHAT_PUBLISH_TIMEOUT": "5",  # a stalled publish becomes an unknown outcome (503) after 5 s
     "KCHAT_KEEPALIVE": "5",
-    # Faust's group: a dead or cut-off worker's partitions move after 10 s, not 60 s
-    "BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1",
+    # the group: a dead or cut-off worker's partitions move after 10 s, not 20 s
+    "KCHAT_GROUP_SESSION_TIMEOUT": "10",
 }
 PRE, POST = 6.0, 12.0  # seconds of load before the fault and after healing
 
@@ -336,7 +336,7 @@ async def kill_worker(f: Fault) -> None:
 async def pause_worker(f: Fault) -> None:
     w = f.env.workers[1]
     f.note(f"SIGSTOP worker w1 mid-batch for 15s (Faust's group session timeout is "
-           f"{WORKER_ENV['BROKER_SESSION_TIMEOUT']}s)")
+           f"{WORKER_ENV['KCHAT_GROUP_SESSION_TIMEOUT']}s)")
     await f.held("w1 paused", w.pause, w.resume, 15)
 
 
