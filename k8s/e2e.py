@@ -586,7 +586,7 @@ class E2E:
     # -- the end ------------------------------------------------------------------------------------------------
     def down(self):
         self.sh([K8S_LOCAL, "down"], timeout=300)
-        left = self.sh([K8S_LOCAL, "leftovers"], check=False)
+        left = self.sh([K8S_LOCAL, "leftovers", "--wait", "30"], check=False)
         now = self.sysctls()
         changed = {k: (v, now.get(k)) for k, v in self.sysctl_before.items() if now.get(k) != v}
         if left.returncode != 0 or changed:

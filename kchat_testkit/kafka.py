@@ -149,9 +149,10 @@ class KafkaCluster:
     def active_controller(self) -> int:
         return int(self.run("quorum", timeout=180).stdout.split()[1])
 
-    def leftovers(self, everything: bool = False) -> list[str]:
-        """What of this cluster (everything: of any kafka-local) is still on the machine; [] when clean."""
-        cp = self.run("leftovers", *(["--all"] if everything else []), check=False)
+    def leftovers(self, everything: bool = False, wait: float = 30.0) -> list[str]:
+        """What of this cluster (everything: of any kafka-local) is still on the machine after up to `wait`
+        seconds for what the kernel releases late; [] when clean."""
+        cp = self.run("leftovers", "--wait", str(wait), *(["--all"] if everything else []), check=False)
         return cp.stdout.splitlines()
 
     def security(self) -> dict | None:

@@ -387,8 +387,17 @@ def remove_disk(disk):
         sh("fsfreeze", "-u", disk["mount"], check=False)
     if disk["mount"] in mounted_targets():
         sh("umount", disk["mount"], check=False)
-    if any(lo["name"] == disk["loop"] and lo.get("back-file", "").startswith(disk["image"]) for lo in loops()):
+    def attached():
+        return any(lo["name"] == disk["loop"] and lo.get("back-file", "").startswith(disk["image"]) for lo in loops())
+
+    if attached():
         sh("losetup", "-d", disk["loop"], check=False)
+        # The detach completes in the kernel a moment later (seen: still listed right after `losetup -d`).
+        # A device still busy (the unmount finishing) is detached when let go: ask again while waiting.
+        deadline = time.monotonic() + 20
+        while attached() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            sh("losetup", "-d", disk["loop"], check=False)
     Path(disk["image"]).unlink(missing_ok=True)
 
 

@@ -37,7 +37,7 @@ def k8s_local(*args: str, timeout: float = 600, env: dict | None = None) -> subp
 @pytest.fixture
 def no_cluster():
     """Nothing of a cluster on the machine before the test; whatever the test leaves is removed after."""
-    assert k8s_local("leftovers").returncode == 0, "a cluster (or its remains) is already on this machine"
+    assert k8s_local("leftovers", "--wait", "30").returncode == 0, "a cluster (or its remains) is already on this machine"
     yield
     k8s_local("down", timeout=300)
 
@@ -53,7 +53,7 @@ def test_down_after_a_half_failed_up_leaves_nothing(no_cluster):
     assert left.returncode == 1 and "process" in left.stdout and "address 172.31.255.1 on lo" in left.stdout, left.stdout
     down = k8s_local("down", timeout=300)
     assert down.returncode == 0, down.stderr
-    after = k8s_local("leftovers")
+    after = k8s_local("leftovers", "--wait", "30")
     assert after.returncode == 0 and after.stdout == "", after.stdout
     assert sysctls() == before
 
