@@ -31,8 +31,10 @@ async def read_counts(client: httpx.AsyncClient, base: str, users: list[str]) ->
 
 
 async def wait_counts(client: httpx.AsyncClient, base: str, expected: dict[str, int],
-                      timeout: float = 30.0) -> dict[str, int]:
-    """Poll /stats/users until the given users have the expected counts; return what was seen last."""
+                      timeout: float = 60.0) -> dict[str, int]:
+    """Poll /stats/users until the given users have the expected counts; return what was seen last.
+
+    Counts pass through Faust agents and a table: the default timeout leaves room for a stalled machine."""
     deadline = asyncio.get_running_loop().time() + timeout
     seen: dict[str, int] = {}
     while asyncio.get_running_loop().time() < deadline:

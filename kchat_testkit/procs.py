@@ -1,6 +1,8 @@
-"""Ports, processes and CPU: the small helpers the tests and the bench both need, each once."""
+"""Ports, processes, CPU and waiting for a condition: the small helpers the tests and the bench both need, each once."""
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import resource
@@ -102,6 +104,21 @@ def quiesce(pid: int, limit: float = 30.0, below: float = 0.10) -> float:
         if (proc_cpu(pid) - c0) / 0.5 < below:
             break
     return time.monotonic() - began
+
+
+async def until(check, timeout: float, what: str, interval: float = 0.2):
+    """Poll check() (a plain function or a coroutine function) until it returns something true, and return that.
+
+    The timeout is a bound for a stalled machine, not a speed requirement: give it generous seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        await asyncio.sleep(interval)
 
 
 def raise_nofile() -> int:

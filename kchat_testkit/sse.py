@@ -95,8 +95,10 @@ class Subscriber:
     def ended(self) -> bool:
         return self.task is not None and self.task.done()
 
-    async def start(self, wait: bool = True, timeout: float = 15.0) -> "Subscriber":
-        """Start (or, after stop(), resume from last_id); wait=True returns once a stream is open."""
+    async def start(self, wait: bool = True, timeout: float = 60.0) -> "Subscriber":
+        """Start (or, after stop(), resume from last_id); wait=True returns once a stream is open.
+
+        The default timeout leaves room for a machine that stalls for tens of seconds."""
         assert self.task is None or self.task.done(), "already running"
         self.connected.clear()
         self.task = asyncio.create_task(self._run(), name=f"sse {self.name}")
@@ -119,7 +121,7 @@ class Subscriber:
             except (asyncio.CancelledError, httpx.HTTPError, AssertionError):
                 pass
 
-    async def wait_for(self, n: int, timeout: float = 30.0) -> list[dict]:
+    async def wait_for(self, n: int, timeout: float = 60.0) -> list[dict]:
         """Until n events have arrived; raises if the stream ended first, or on a malformed event."""
         deadline = time.monotonic() + timeout
         while self.count < n:
