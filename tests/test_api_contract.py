@@ -13,6 +13,7 @@ import jwt
 import pytest
 
 from kchat_testkit.chat import post, unique
+from kchat_testkit.procs import until
 from kchat_testkit.sse import Subscriber
 
 pytestmark = pytest.mark.kafka
@@ -62,14 +63,15 @@ async def test_event_streams_are_capped_per_worker(limited_worker):
         r = await client.get(f"{limited_worker.url}/api/rooms/{room}/events")
         assert r.status_code == 503 and r.headers["Retry-After"] and "maximum of 2" in r.json()["error"]
         await first.stop()
-        third = None
-        for _ in range(50):  # the slot frees as soon as the server sees the disconnect
+
+        async def third_stream() -> Subscriber | None:
             try:
-                third = await Subscriber(limited_worker.url, room).start()
-                break
-            except AssertionError:
-                await asyncio.sleep(0.1)
-        assert third is not None
+                return await Subscriber(limited_worker.url, room).start()
+            except AssertionError:  # 503 until the server has seen the disconnect
+                return None
+
+        # the slot frees as soon as the server sees the disconnect; a stalled machine may take a while
+        third = await until(third_stream, 60, "a third stream once the first is closed", interval=0.1)
         await post(client, limited_worker.url, room, "capped", "still flowing")
         assert [m["text"] for m in await third.wait_for(1)] == ["still flowing"]
     await second.stop()
