@@ -100,8 +100,11 @@ async def test_a_copy_that_reached_the_log_is_dropped_by_every_reader(kchat_work
 
 
 async def test_the_window_a_key_is_remembered_for(own_kafka, tmp_path, client):
-    # A group of its own: every worker of a group must judge copies with the same window.
-    worker = Worker(own_kafka.bootstrap, tmp_path / "w", env={"KCHAT_IDEMPOTENCY_WINDOW": "3"}).start()
+    # A group of its own: every worker of a group must judge copies with the same window. The window is
+    # judged by wall time at the worker: long enough that a machine stalling between the first post and
+    # the retry 1 s later still leaves the retry inside it.
+    window = 15
+    worker = Worker(own_kafka.bootstrap, tmp_path / "w", env={"KCHAT_IDEMPOTENCY_WINDOW": str(window)}).start()
     try:
         room, cy = unique("window"), unique("cy")
         first = await keyed_post(client, worker.url, room, cy, "hello", "k")
@@ -109,7 +112,7 @@ async def test_the_window_a_key_is_remembered_for(own_kafka, tmp_path, client):
         inside = await keyed_post(client, worker.url, room, cy, "hello", "k")
         assert inside.json() == first.json()  # 1 s after: the same message
         began = time.monotonic()
-        await asyncio.sleep(4.5)  # more than the window after the last attempt that reached the log
+        await asyncio.sleep(window + 1.5)  # more than the window after the last attempt that reached the log
         outside = await keyed_post(client, worker.url, room, cy, "hello", "k")
         assert outside.status_code == 201 and "Idempotent-Replayed" not in outside.headers
         assert outside.json()["offset"] > first.json()["offset"], time.monotonic() - began
