@@ -73,7 +73,7 @@ class Lines:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
 
-    def wait_for(self, n: int, timeout: float = 60) -> list[str]:
+    def wait_for(self, n: int, timeout: float = 120) -> list[str]:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.lines) >= n, timeout):
                 raise AssertionError(f"got {len(self.lines)} of {n} lines: {self.lines[-5:]}")
@@ -89,7 +89,7 @@ def start_listen(url: str, room: str, since: str, count: int, *extra: str) -> su
 def spawn_chat(url: str, user: str, room: str) -> tuple[pexpect.spawn, io.StringIO]:
     screen = io.StringIO()
     p = pexpect.spawn(KCHAT[0], [*KCHAT[1:], "--url", url, "chat", "--user", user, "--room", room],
-                      env=TTY_ENV, encoding="utf-8", timeout=60, dimensions=(40, 120))
+                      env=TTY_ENV, encoding="utf-8", timeout=120, dimensions=(40, 120))
     p.logfile_read = screen
     p.expect("/quit or Ctrl-D to leave")
     p.expect(f"{user}:")  # the prompt is drawn: the event stream is being opened
@@ -113,7 +113,7 @@ def test_send_reports_where_it_was_stored_and_listen_delivers_it(kchat_worker):
     second = send_json(url, room, "bob", "second")
     third = send_json(url, room, "alice", "caf\u00e9 \u2615")
 
-    out, err = listener.communicate(timeout=60)
+    out, err = listener.communicate(timeout=120)
     assert listener.returncode == 0, err
     got = [json.loads(line) for line in out.splitlines()]
     assert [(m["user"], m["text"]) for m in got] == [
@@ -146,7 +146,7 @@ class DroppingProxy:
 
         threading.Thread(target=lambda: (self.loop.run_until_complete(serve()), self.loop.run_forever()),
                          daemon=True).start()
-        ready.wait(10)
+        assert ready.wait(60), "the proxy's event loop did not start"
 
     async def _client(self, reader, writer) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -181,7 +181,7 @@ def test_send_retries_an_unknown_outcome_with_its_key_and_stores_it_once(kchat_w
     stored = json.loads(r.stdout)
     assert len(proxy.keys) == 2 and proxy.keys[0] == proxy.keys[1] != ""  # the same key, twice
     got = kchat(kchat_worker.url, "listen", "--room", room, "--since", f"{stored['partition']}:-1",
-                "--count", "1", "--json", timeout=60)
+                "--count", "1", "--json")
     assert [json.loads(line)["offset"] for line in got.stdout.splitlines()] == [stored["offset"]]
     texts = [m["text"] for m in httpx.get(f"{kchat_worker.url}/api/rooms/{room}/messages").json()["messages"]]
     assert texts == ["only once"]
@@ -207,8 +207,7 @@ def test_send_gives_up_on_an_unknown_outcome_naming_its_key():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        r = kchat(f"http://127.0.0.1:{server.server_port}", "send", "--user", "a", "--key", "my-key-1", "hi",
-                  timeout=60)
+        r = kchat(f"http://127.0.0.1:{server.server_port}", "send", "--user", "a", "--key", "my-key-1", "hi")
     finally:
         server.shutdown()
     assert r.returncode == 5
@@ -343,12 +342,13 @@ def test_who_and_rooms_show_the_people_and_the_activity(kchat_worker):
     url, room, zed = kchat_worker.url, unique("who"), unique("zed")
     listener = start_listen(url, room, f"{partition_for(room, 12)}:-1", 1000, "--user", zed)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # presence goes through Kafka; each look is a CLI process
         while (who := kchat(url, "who", "--room", room)).stdout.strip() != f"{zed}  (1 session)":
             assert time.monotonic() < deadline, who.stdout + who.stderr
             time.sleep(0.5)
         send_lines(url, room, "ann", ["one", "two", "three"])
-        deadline = time.monotonic() + 30
+        # "last minute" keeps a message for 60 to 120 s: looking for at most 45 s sees it there however slow
+        deadline = time.monotonic() + 45
         while True:
             rooms = kchat(url, "rooms")
             assert rooms.returncode == 0, rooms.stderr
@@ -378,7 +378,7 @@ def test_stats_table_lists_senders_busiest_first(kchat_worker):
     send_lines(url, unique("cli-stats"), busy, ["one", "two", "three"])
     send_json(url, unique("cli-stats"), quiet, "just one")
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:  # counts are updated by a stream processor, a moment after the send
         r = kchat(url, "stats")
         assert r.returncode == 0, r.stderr
@@ -409,7 +409,7 @@ def closed_port_url() -> str:
                          ids=lambda a: a[0])
 def test_unreachable_worker_is_one_line_and_exit_3(args):
     url = closed_port_url()
-    r = kchat(url, *args, timeout=30)
+    r = kchat(url, *args)
     assert r.returncode == 3
     assert one_error_line(r) == (f"kchat-cli: cannot reach {url} (connection refused) — is the "
                                  "worker running? set --url or KCHAT_URL")
@@ -418,7 +418,7 @@ def test_unreachable_worker_is_one_line_and_exit_3(args):
 def test_unreachable_worker_in_chat_ends_before_the_prompt():
     url = closed_port_url()
     p = pexpect.spawn(KCHAT[0], [*KCHAT[1:], "--url", url, "chat", "--user", "a"],
-                      env=TTY_ENV, encoding="utf-8", timeout=30)
+                      env=TTY_ENV, encoding="utf-8", timeout=120)
     out = p.read()
     p.wait()
     assert p.exitstatus == 3
@@ -432,16 +432,18 @@ def test_silent_server_times_out_with_one_line():
         s.listen()
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
         began = time.monotonic()
-        r = kchat(url, "--timeout", "0.5", "stats", timeout=30)
+        r = kchat(url, "--timeout", "0.5", "stats")
     assert r.returncode == 3
     assert "no answer from" in one_error_line(r) and "within 0.5s" in r.stderr
-    assert time.monotonic() - began < 20
+    # it gave up rather than hang (subprocess.run would raise after 120 s); the rest is slack for the CLI's
+    # start-up on a stalled machine
+    assert time.monotonic() - began < 60
 
 
 @kafka
 @pytest.mark.parametrize("args", [["send", "--user", "a", "hi"], ["listen"]], ids=lambda a: a[0])
 def test_server_refusal_is_one_line_and_exit_4(kchat_worker, args):
-    r = kchat(kchat_worker.url, *args, "--room", "bad room!", timeout=30)
+    r = kchat(kchat_worker.url, *args, "--room", "bad room!")
     assert r.returncode == 4
     assert one_error_line(r).startswith(
         "kchat-cli: the server refused the request: room: must be 1-64 characters")
@@ -457,7 +459,7 @@ def test_too_long_text_is_refused_by_the_server(kchat_worker):
 @pytest.mark.parametrize("text", ["", "   "])
 def test_empty_message_is_refused_without_a_request(text):
     # A closed port: had a request been made, the error would say "cannot reach".
-    r = kchat(closed_port_url(), "send", "--user", "a", text, timeout=30)
+    r = kchat(closed_port_url(), "send", "--user", "a", text)
     assert r.returncode == 2
     assert one_error_line(r) == ("kchat-cli: refusing to send an empty message; give some TEXT "
                                  "(see 'kchat-cli send --help')")
@@ -485,5 +487,5 @@ def test_help_version_and_completion():
     result = runner.invoke(cli, ["--version"], prog_name="kchat-cli")
     assert result.exit_code == 0 and re.fullmatch(r"kchat-cli, version \S+\n", result.stdout)
     r = subprocess.run(KCHAT, env={**os.environ, "_KCHAT_CLI_COMPLETE": "bash_source"},
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "_kchat_cli_completion" in r.stdout
