@@ -100,7 +100,7 @@ async def directory_matches(client, bootstrap: str, worker: Worker, ours: set[st
     return got == want
 
 
-async def until_matches(client, bootstrap, worker, ours, what: str, timeout: float = 60) -> None:
+async def until_matches(client, bootstrap, worker, ours, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not await directory_matches(client, bootstrap, worker, ours):
         assert time.monotonic() < deadline, f"the directory never matched the topic ({what})"
