@@ -26,8 +26,10 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 INJECTION = "<img src=x onerror=alert(1)>"
-WAIT = 20_000  # ms: how long a page may take to show what the test waits for
-RECONNECT_WAIT = 45_000  # ms: a worker restart plus the page's reconnect backoff (at most ~6 s)
+# Generous: what a page waits for often crosses Kafka (presence, counts, the room list), and the machine
+# may stall for tens of seconds; an expectation returns as soon as it holds.
+WAIT = 60_000  # ms: how long a page may take to show what the test waits for
+RECONNECT_WAIT = 120_000  # ms: a worker restart plus the page's reconnect backoff (at most ~6 s)
 
 
 @pytest.fixture(scope="module")
