@@ -409,9 +409,10 @@ def rooms_for(run_id: str, n: int = 3) -> list[str]:
     raise RuntimeError("no rooms in distinct partitions")
 
 
-async def settle(subs: list[Subscriber], rooms: set[str], bootstrap: str, timeout: float = 60.0):
+async def settle(subs: list[Subscriber], rooms: set[str], bootstrap: str, timeout: float = 120.0):
     """Read the log, then wait until every subscriber has every message of its room (its first copy: readers
-    drop later copies of a key) -- at most timeout."""
+    drop later copies of a key) -- at most timeout (resumed streams after a fault, on a machine that may
+    stall: a subscriber still short at the end counts as a loss)."""
     deadline = time.monotonic() + timeout
     log = await read_log(bootstrap, rooms)
     first = {}
