@@ -84,23 +84,23 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 # Figures, a JSON file and a latency CDF plot under bench/results/ (about 10 minutes);
 # BENCH_ARGS=--quick for a 3-minute smoke. bench/kafka_up.py times the local Kafka's start.
-bench: setup $(VENV)/.bench-installed
+bench: setup test-tools $(VENV)/.bench-installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 chaos: setup
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 # Network namespaces, nft, loop disks: needs root. A table, and JSON under test-artifacts/.
-faults: setup
+faults: setup test-tools
 	$(PY) bench/faults.py $(FAULTS_ARGS)
 
 # A one-node Kubernetes built here (scripts/k8s-local), the images built here, k8s/overlays/local applied and
 # the tutorial checked step by step; test-artifacts/k8s-e2e.json. The cluster is removed at the end unless K8S_KEEP=1.
-k8s-e2e: setup
+k8s-e2e: test-setup
 	$(PY) k8s/e2e.py $(K8S_E2E_ARGS)
 
 # The short run that `make test` includes (tests/test_k8s_local.py): up, images, apply, Ready, one round trip.
-k8s-smoke: setup
+k8s-smoke: test-setup
 	$(PY) k8s/e2e.py --smoke $(K8S_E2E_ARGS)
 
 k8s-down:
