@@ -8,7 +8,7 @@ agents and table, the services and the web pages.
 
 `faust -A kchat_faust worker` builds it from the environment (kchat_faust/__init__.py).
 Everything a view needs hangs off the app object: app.settings, app.publisher, app.hub,
-app.brokers, app.counts, app.rooms, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
+app.brokers, app.counts, app.rooms, app.room_index, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 
 import faust
 
-from . import counting, metrics, presence, rooms, web
+from . import counting, metrics, presence, roomindex, rooms, web
 from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
@@ -155,7 +155,13 @@ def create_app(settings: Settings | None = None) -> KchatApp:
 
     chat_topic = app.raw_topic(settings.topic)  # decoded by decode_record, which also accepts text lines
     app.rooms = rooms.setup(app)
-    app.counts = counting.setup(app, chat_topic, on_messages=app.rooms.tally)
+    app.room_index = roomindex.setup(app)
+
+    def on_messages(room: str, partition: int, messages: list[tuple[int, int]]) -> None:
+        app.rooms.tally(room, partition, messages)
+        app.room_index.add(room, partition, messages)
+
+    app.counts = counting.setup(app, chat_topic, on_messages=on_messages, on_progress=app.room_index.progress)
     app.presence_table = presence.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
     app.sessions = app.service(presence.Sessions(

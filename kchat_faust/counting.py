@@ -110,18 +110,23 @@ class Router:
 
     def __init__(self, send: Callable[[str, int, list[int]], Awaitable[None]], judge: Callable[[int], object],
                  default_room: str,
-                 on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None) -> None:
+                 on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
+                 on_progress: Callable[[int, int], None] = lambda *a: None) -> None:
         self.send, self.judge_for, self.default_room = send, judge, default_room
-        # (room, partition, [(offset, timestamp)]): the room directory's tally
+        # (room, partition, [(offset, timestamp)]): the room directory's tally and the room index
         self.on_messages = on_messages
+        # (partition, offset): every record of the partition up to offset has been routed
+        self.on_progress = on_progress
         self.judges: dict[int, object] = {}
         self.users: dict[tuple[int, str], list[int]] = {}
         self.rooms: dict[tuple[int, str], list[tuple[int, int]]] = {}
+        self.last: dict[int, int] = {}
 
     def reset(self) -> None:
         self.judges.clear()
 
     async def route(self, partition: int, offset: int, timestamp: int, value: bytes | None) -> None:
+        self.last[partition] = offset
         judge = self.judges.get(partition)
         if judge is None:
             judge = self.judges[partition] = self.judge_for(partition)
@@ -135,17 +140,22 @@ class Router:
     async def flush(self) -> None:
         """What route() gathered since the last flush: one record per user and partition."""
         users, rooms, self.users, self.rooms = self.users, self.rooms, {}, {}
+        last, self.last = self.last, {}
         for (partition, room), messages in rooms.items():
             self.on_messages(room, partition, messages)
+        for partition, offset in last.items():
+            self.on_progress(partition, offset)
         for (partition, user), offsets in users.items():
             await self.send(user, partition, offsets)
 
 
 def setup(app: "KchatApp", chat_topic: faust.TopicT,
-          on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None) -> LocalCounts:
+          on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
+          on_progress: Callable[[int, int], None] = lambda *a: None) -> LocalCounts:
     """Declare the regrouped topic, the table and the two agents on app; on_messages(room, partition,
     [(offset, timestamp)]) is told of the messages route_by_user routes (the room directory tallies
-    them), within the event context of their batch."""
+    them, the room index adds them), then on_progress(partition, offset) of the last record routed,
+    within the event context of their batch."""
     settings = app.settings
     by_user_topic = app.raw_topic(f"{settings.topic}-by-user")
     table = app.Table(
@@ -166,7 +176,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
         # Where Faust resumed the partition after its last assignment (it seeks there).
         return app.consumer._committed_offset.get(TP(settings.topic, partition))
 
-    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages)
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages, on_progress)
     in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
                        committed)
 

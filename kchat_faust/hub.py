@@ -31,10 +31,9 @@ from aiokafka.errors import KafkaError
 from .config import Settings
 from .copies import CopyIndex
 from .feed import RoomFeed, Subscriber
-from .limits import MAX_HISTORY_SCAN
 from .metrics import Metrics
 from .models import ChatMessage, decode_record, event_id, keyed_id_of, message_json, partition_for
-from .sse import Frames
+from .sse import Frames, gap_frame
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +164,11 @@ class Hub(mode.Service):
         subscriber is closed. `write` sends bytes on the response; once caught up, the hub may
         also write live frames to `transport` directly (framed for chunked encoding if so)."""
         if after_offset is not None:
+            begin, _end = await self.reader.bounds(sub.partition)
+            if after_offset + 1 < begin:
+                # The log no longer has what comes next (retention, deleted records): say so first.
+                await write(gap_frame(sub.partition, after_offset, begin))
+                after_offset = begin - 1
             async for frame in self.catch_up(sub, after_offset):
                 await write(frame)
         sub.attach(transport, chunked)
@@ -188,33 +192,6 @@ class Hub(mode.Service):
                 if frame:
                     self.metrics.delivered.inc()
                     yield frame
-
-    async def recent(self, room: str, limit: int) -> tuple[list[dict], str]:
-        """The room's last `limit` messages, read back from the log, oldest first, and the resume
-        token of the point the read covered: resuming from it continues exactly after it, even
-        in a room with no message yet.
-
-        Rooms share partitions, so the scan walks back in growing windows until it has
-        enough, reaches the log start, or has looked at MAX_HISTORY_SCAN records.
-        """
-        partition = self.partition_for(room)
-        begin, end = await self.reader.bounds(partition)
-        stop = end
-        found: list[dict] = []
-        window = max(limit * 4, 256)
-        while stop > begin and len(found) < limit and end - stop < MAX_HISTORY_SCAN:
-            start = max(begin, stop - window)
-            chunk = []
-            records = self.originals(partition, self.reader.read(partition, start, stop))
-            async with aclosing(records):
-                async for r in records:
-                    msg = decode_record(r.value, r.partition, r.offset, r.timestamp,
-                                        self.settings.default_room)
-                    if isinstance(msg, ChatMessage) and msg.room == room:
-                        chunk.append(message_json(msg, r.partition, r.offset))
-            found = chunk + found
-            stop, window = start, window * 4
-        return found[-limit:], event_id(partition, end - 1)
 
     # -- copies -------------------------------------------------------------------------
     def judge(self, partition: int) -> Judge:

@@ -14,8 +14,6 @@ MIN_BODY = 1024
 # GET .../messages?limit=N
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 500
-# Rooms share partitions: history walks a room's partition back at most this many records.
-MAX_HISTORY_SCAN = 200_000
 
 # A resume token is "partition:offset"; offset -1 means "before the partition's first record".
 EVENT_ID_PATTERN = r"[0-9]+:-?[0-9]+"

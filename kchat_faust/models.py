@@ -183,15 +183,32 @@ def event_id(partition: int, offset: int) -> str:
     return f"{partition}:{offset}"
 
 
-def parse_event_id(token: str) -> tuple[int, int]:
+def parse_event_id(token: str, field: str = "last_event_id") -> tuple[int, int]:
     """Inverse of event_id; raises ValidationError on anything else."""
     if not isinstance(token, str) or not _EVENT_ID_RE.fullmatch(token.strip()):
-        raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
+        raise ValidationError(field, f"{token!r} is not an event id from this service")
     p, o = token.strip().split(":")
     partition, offset = int(p), int(o)
     if offset < -1:  # -1: before the partition's first record
-        raise ValidationError("last_event_id", f"{token!r} is not an event id from this service")
+        raise ValidationError(field, f"{token!r} is not an event id from this service")
     return partition, offset
+
+
+def parse_time(raw: str, field: str = "since") -> int:
+    """A point in time as epoch milliseconds, given as epoch milliseconds or RFC 3339."""
+    raw = raw.strip()
+    if raw.isdigit() and len(raw) <= 15:
+        return int(raw)
+    try:
+        # RFC 3339 wants an offset; "Z" is UTC. fromisoformat also takes what RFC 3339 does not
+        # (a date alone, no offset): those are refused below.
+        when = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "zZ" else raw)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or "T" not in raw.upper():
+        raise ValidationError(field, f"{raw!r} is neither epoch milliseconds nor an RFC 3339 time "
+                                     "(such as 2026-12-04T15:00:00Z)")
+    return max(0, int(when.timestamp() * 1000))
 
 
 _partitioner = DefaultPartitioner()

@@ -39,6 +39,10 @@ USER = {"name": "user", "in": "query", "required": False,
 SCOPE = {"name": "scope", "in": "query", "required": False,
          "description": "`local`: only this worker's share (used between workers)",
          "schema": {"type": "string", "enum": ["local"]}}
+SINCE = {"name": "since", "in": "query", "required": False,
+         "description": "From the first message at or after this time: RFC 3339 (2026-12-04T15:00:00Z) or epoch "
+                        "milliseconds (found with Kafka's offsets-for-times on the room's partition)",
+         "schema": {"type": "string"}}
 REPLAYED = {"Idempotent-Replayed": {"description": "`true` when an earlier attempt with the same key stored it",
                                     "schema": {"type": "string", "enum": ["true"]}}}
 
@@ -84,17 +88,35 @@ def spec(settings: Settings) -> dict:
                                   **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503)},
                 },
                 "get": {
-                    "summary": "The room's last messages, oldest first, read back from Kafka",
+                    "summary": "A page of the room's history, oldest first, found through the room index and read "
+                               "back from Kafka: the last messages, the ones just before `before`, or the first "
+                               "at or after `since`",
                     "parameters": [{"name": "limit", "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY,
-                                               "default": DEFAULT_HISTORY}}],
+                                               "default": DEFAULT_HISTORY}},
+                                   {"name": "before", "in": "query", "required": False,
+                                    "description": "The messages just before this event id of the room (the "
+                                                   "`before` of the page after)",
+                                    "schema": {"type": "string", "pattern": f"^{STORED_EVENT_ID_PATTERN}$"}},
+                                   SINCE, SCOPE],
                     "responses": {"200": {"description": "History", "content": {"application/json": {
-                        "schema": {"type": "object", "required": ["room", "messages", "last_event_id"],
+                        "schema": {"type": "object", "required": ["room", "messages", "last_event_id", "before"],
                                    "properties": {"room": {"type": "string"},
                                                   "last_event_id": {
                                                       **EVENT_ID,
                                                       "description": "Resume the event stream from here: "
-                                                                     "no gap after this history"},
+                                                                     "no gap after this page"},
+                                                  "before": {
+                                                      "oneOf": [{"type": "null"}, EVENT_ID],
+                                                      "description": "Ask with before= this for the page "
+                                                                     "before; null at the room's start"},
+                                                  "gap": {"type": "object", "required": ["missing"],
+                                                          "description": "The log no longer has the room's "
+                                                                         "oldest messages (retention)",
+                                                          "properties": {
+                                                              "missing": {"type": "integer", "minimum": 1},
+                                                              "first_event_id": {"oneOf": [{"type": "null"},
+                                                                                           EVENT_ID]}}},
                                                   "messages": {"type": "array",
                                                                "items": {"$ref": "#/components/schemas/Message"}}}}}}},
                         **_errors(400, 401, 404, 503)},
@@ -104,8 +126,10 @@ def spec(settings: Settings) -> dict:
                 "parameters": [ROOM],
                 "get": {"summary": "Server-Sent Events: event `message` (data = Message JSON), `join` and `leave` "
                                    "(data = PresenceEvent JSON: a user's first session opened, its last closed); "
-                                   "id = resume token",
-                        "parameters": [*LAST_EVENT_ID, USER],
+                                   "`gap` first when the log no longer has what follows the resume point "
+                                   "(data: missing_after_event_id, first_event_id); id = resume token. "
+                                   "Last-Event-ID wins over since",
+                        "parameters": [*LAST_EVENT_ID, SINCE, USER],
                         "responses": {"200": _stream("An endless event stream"), **_errors(400, 401, 404, 503)}},
             },
             "/api/rooms/{room}/presence": {

@@ -9,6 +9,7 @@ never ask further: a request cannot bounce between workers that disagree during 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -39,9 +40,9 @@ def _url(app: "KchatApp") -> str:
     return str(app.conf.canonical_url).rstrip("/")
 
 
-async def _get(app: "KchatApp", url: str, path: str) -> bytes:
+async def _get(app: "KchatApp", url: str, path: str, params: dict | None = None) -> bytes:
     try:
-        async with app.http_client.get(f"{url}{path}", params={"scope": "local"},
+        async with app.http_client.get(f"{url}{path}", params={**(params or {}), "scope": "local"},
                                        timeout=PEER_TIMEOUT) as r:
             if r.status != 200:
                 raise PeerUnavailable(f"worker {url} answered {r.status} for its share")
@@ -82,8 +83,15 @@ def _holds(app: "KchatApp", table, partition: int) -> bool:
     return app.assignor.is_active(TP(table.changelog_topic.get_topic_name(), partition))
 
 
-async def _from_owner(app: "KchatApp", table_name: str, key: str, path: str, local):
-    """local() if this worker holds the key's partition, else the owner's answer to path?scope=local."""
+def require_holder(app: "KchatApp", table, partition: int, what: str) -> None:
+    """NotOwner unless this worker holds the table's partition now."""
+    if not _holds(app, table, partition):
+        raise NotOwner(f"this worker does not hold {what} right now; retry")
+
+
+async def from_owner(app: "KchatApp", table_name: str, key: str, path: str, local, params: dict | None = None):
+    """local() (awaited if it is a coroutine) if this worker holds the key's partition, else the owner's
+    answer to path?scope=local&params."""
     # A table entry lives in the partition of the event that wrote it: the chatroom (rooms) or
     # chatroom-by-user (users) partition of its key, where the producer's partitioner puts the
     # key's bytes -- the rule of models.partition_for.
@@ -91,8 +99,9 @@ async def _from_owner(app: "KchatApp", table_name: str, key: str, path: str, loc
     if not owners:
         raise PeerUnavailable("no worker holds that part of the state yet (the group is still forming)")
     if owners[0] == _url(app):
-        return local()
-    body = await _get(app, owners[0], path)
+        answer = local()
+        return await answer if inspect.isawaitable(answer) else answer
+    body = await _get(app, owners[0], path, params)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -108,7 +117,7 @@ def local_count(app: "KchatApp", user: str) -> int:
 
 async def user_count(app: "KchatApp", user: str) -> int:
     """One user's count, asked of the worker that owns the user's partition only."""
-    body = await _from_owner(app, TABLE, user, f"/stats/users/{quote(user, safe='')}",
+    body = await from_owner(app, TABLE, user, f"/stats/users/{quote(user, safe='')}",
                              lambda: {"count": local_count(app, user)})
     try:
         return int(body["count"])
@@ -124,7 +133,7 @@ def local_presence(app: "KchatApp", room: str) -> dict:
 
 async def room_presence(app: "KchatApp", room: str) -> dict:
     """Who is in the room, from the worker that holds its presence."""
-    return await _from_owner(app, presence.TABLE, room, f"/api/rooms/{room}/presence",
+    return await from_owner(app, presence.TABLE, room, f"/api/rooms/{room}/presence",
                              lambda: local_presence(app, room))
 
 

@@ -52,3 +52,11 @@ class Frames:
                               ensure_ascii=False, separators=(",", ":"))
             self._native = sse_frame("message", data, event_id(self.partition, self.offset))
         return self._native
+
+
+def gap_frame(partition: int, after: int, begin: int) -> bytes:
+    """Event `gap`: the log lost offsets after..begin-1 of the partition before this stream could read
+    them; its id resumes at the first record still there."""
+    data = json.dumps({"missing_after_event_id": event_id(partition, after),
+                       "first_event_id": event_id(partition, begin)}, separators=(",", ":"))
+    return sse_frame("gap", data, event_id(partition, begin - 1))

@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from faust.web import Blueprint, View
 
-from . import peers, rooms
+from . import peers, rooms, scrollback
 from .auth import check_author, token_subject
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
 from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, check_user, encode,
-                     message_json, new_message, parse_compat_body, parse_event_id)
+                     message_json, new_message, parse_compat_body, parse_event_id, parse_time)
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("kchat")
@@ -142,8 +142,24 @@ class RoomMessages(KchatView):
             limit = 0
         if not 1 <= limit <= MAX_HISTORY:
             raise ValidationError("limit", f"must be a whole number from 1 to {MAX_HISTORY}")
-        messages, resume_from = await self.app.hub.recent(room, limit)
-        return fast_json({"room": room, "messages": messages, "last_event_id": resume_from})
+        before = room_event(self, room, request.query.get("before"), "before")
+        since = request.query.get("since")
+        if before is not None and since is not None:
+            raise ValidationError("since", "give before or since, not both")
+        since_ms = parse_time(since) if since is not None else None
+        if _local_scope(request):
+            return fast_json(await scrollback.local_page(self.app, room, limit, before, since_ms))
+        return fast_json(await scrollback.page(self.app, room, limit, before, since_ms))
+
+
+def room_event(view: KchatView, room: str, token: str | None, field: str) -> int | None:
+    """The offset of an event id of the room's partition (None if absent)."""
+    if token is None:
+        return None
+    partition, offset = parse_event_id(token, field)
+    if partition != view.app.hub.partition_for(room) or offset < 0:
+        raise ValidationError(field, f"{token!r} is not an event of room {room!r}")
+    return offset
 
 
 @blueprint.route("/api/topics/{topic}", name="seed_publish")
@@ -184,6 +200,9 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     hub, settings = view.app.hub, view.settings
     token = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     after = parse_event_id(token) if token else None
+    since = request.query.get("since")
+    # A reconnecting client sends Last-Event-ID with the same URL: the exact point wins over the time.
+    since_ms = parse_time(since) if since is not None and after is None else None
     # Who is watching: the token's user when authentication is on, else whom ?user= names;
     # without either the stream is anonymous (counted in the room's presence, not listed).
     subject = token_subject(request, settings.jwt_secret)
@@ -200,6 +219,8 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
         return resp
     sub = hub.subscribe(room, compat=compat)
     view.app.metrics.subscriptions.inc()
+    if since_ms is not None:
+        after = (sub.partition, await hub.reader.offset_at(sub.partition, since_ms) - 1)
     if after is not None:
         view.app.metrics.resumes.inc()
     session = None

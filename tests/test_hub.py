@@ -238,12 +238,3 @@ async def test_seed_format_subscribers_get_the_seed_event(hub, log):
     assert b"event: message\n" in native.transport.data
 
 
-async def test_history_gives_the_last_messages_and_the_resume_point(hub, log):
-    mine = [log.post(ROOM, text=f"m{i}") for i in range(7)]
-    for i in range(3):  # other rooms on other partitions, and one sharing ours
-        log.post(f"room{i}")
-    messages, resume = await hub.recent(ROOM, 5)
-    assert [m["offset"] for m in messages] == [r.offset for r in mine[-5:]]
-    assert resume == event_id(P, len(log.logs[P]) - 1)
-    empty, resume_empty = await hub.recent("nobody-here", 5)
-    assert empty == [] and resume_empty.endswith(":" + str(len(log.logs[partition_for("nobody-here", 12)]) - 1))

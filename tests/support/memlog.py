@@ -28,6 +28,7 @@ class MemoryLog:
         self.logs: dict[int, list[Record]] = {p: [] for p in range(partitions)}
         self.positions: dict[int, int] = {}
         self.held: set[int] = set()  # partitions the live read does not see yet (a lagging reader)
+        self.starts: dict[int, int] = {}  # where each partition's log begins (0 unless deleted)
         self.opened = 0
         self.clock_ms = int(time.time() * 1000)  # record timestamps: now, then 1 ms per record
         self._changed = asyncio.Event()
@@ -90,15 +91,19 @@ class MemoryLog:
         pass
 
     # -- hub.RangeReader ---------------------------------------------------------------
+    def delete_before(self, partition: int, offset: int) -> None:
+        """As retention or DeleteRecords does: the log now starts at `offset`."""
+        self.starts[partition] = offset
+
     async def bounds(self, partition: int) -> tuple[int, int]:
-        return 0, len(self.logs[partition])
+        return self.starts.get(partition, 0), len(self.logs[partition])
 
     async def offset_at(self, partition: int, timestamp_ms: int) -> int:
         log = self.logs[partition]
         return next((r.offset for r in log if r.timestamp >= timestamp_ms), len(log))
 
     async def read(self, partition: int, start: int, stop: int) -> AsyncIterator[Record]:
-        for record in self.logs[partition][max(start, 0):stop]:
+        for record in self.logs[partition][max(start, self.starts.get(partition, 0)):stop]:
             await asyncio.sleep(0)  # a real read yields to the loop between batches
             yield record
 
