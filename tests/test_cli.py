@@ -450,6 +450,29 @@ def test_server_refusal_is_one_line_and_exit_4(kchat_worker, args):
 
 
 @kafka
+def test_history_pages_back_and_listen_starts_at_a_time(kchat_worker):
+    room, user = unique("hist"), unique("fay")
+    sent = [send_json(kchat_worker.url, room, user, f"h{i}") for i in range(5)]
+    r = kchat(kchat_worker.url, "history", "--room", room, "-n", "2")
+    assert r.returncode == 0, r.stderr
+    assert [line.split(": ", 1)[1] for line in r.stdout.splitlines()] == ["h3", "h4"]
+    assert r.stderr.strip() == f"older: kchat-cli history --room {room} --before {sent[3]['event_id']}"
+    r = kchat(kchat_worker.url, "history", "--room", room, "-n", "5", "--before", sent[3]["event_id"], "--json")
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [m["id"] for m in sent[:3]]
+    assert r.stderr.strip() == f"that is the start of {room}"
+    # --since TIME: from the first message at or after it. Kafka's timestamp of a message is at or after its
+    # sent_at (set just before the send, same clock); the one before was acknowledged before it was made.
+    r = kchat(kchat_worker.url, "history", "--room", room, "--since", sent[2]["sent_at"], "--json")
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [m["id"] for m in sent[2:]]
+    listen = start_listen(kchat_worker.url, room, sent[2]["sent_at"], 2, "--json")
+    out, err = listen.communicate(timeout=120)
+    assert listen.returncode == 0, err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [m["id"] for m in sent[2:4]]
+    r = kchat(kchat_worker.url, "history", "--room", room, "--since", "yesterday")
+    assert r.returncode == 4 and "since" in one_error_line(r)
+
+
+@kafka
 def test_too_long_text_is_refused_by_the_server(kchat_worker):
     r = kchat(kchat_worker.url, "send", "--user", "a", "x" * 4001)
     assert r.returncode == 4

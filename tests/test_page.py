@@ -180,6 +180,25 @@ def test_two_users_see_each_others_messages_in_order(kchat_worker, open_page):
         assert p.csp_violations() == []
 
 
+def test_scrolling_to_the_top_loads_older_messages_until_the_rooms_start(kchat_worker, open_page):
+    room, user = unique("scroll"), unique("dora")
+    with httpx.Client(timeout=20) as client:
+        for i in range(130):  # the page loads 50 at a time
+            r = client.post(f"{kchat_worker.url}/api/rooms/{room}/messages", json={"user": user, "text": f"m{i}"})
+            assert r.status_code == 201, r.text
+    p = open_page(kchat_worker.url).join(unique("eve"), room)
+    expect(p.texts).to_have_count(50)
+    expect(p.texts.first).to_have_text("m80")
+    for shown in (100, 130):
+        p.page.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
+        expect(p.texts).to_have_count(shown)
+    expect(p.texts.first).to_have_text("m0")
+    assert p.texts.all_inner_texts() == [f"m{i}" for i in range(130)]  # each once, in log order
+    # The view stays where it was: the older page lands above what was on screen.
+    assert p.page.locator("#messages").evaluate("el => el.scrollTop") > 0
+    assert p.page_errors == [] and p.csp_violations() == []
+
+
 def test_a_send_whose_answer_was_lost_is_retried_with_its_key_and_shown_once(kchat_worker, open_page):
     room = unique("lost")
     p = open_page(kchat_worker.url).join(unique("dora"), room)

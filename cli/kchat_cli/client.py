@@ -198,9 +198,20 @@ class Client:
 
     async def history(self, room: str, limit: int = 20) -> tuple[list[dict[str, Any]], str | None]:
         """The room's last messages and the event id to resume the stream from after them."""
-        body = await self._request("GET", self._room_path(room, "messages"),
-                                   params={"limit": limit})
+        body = await self.history_page(room, limit)
         return list(body.get("messages", [])), body.get("last_event_id")
+
+    async def history_page(self, room: str, limit: int = 20, before: str | None = None,
+                           since: str | None = None) -> dict[str, Any]:
+        """A page of the room's history as the server gives it: "messages" (oldest first), "before"
+        (the event id to ask with for the page before; None at the room's start), "last_event_id",
+        and "gap" when the log no longer has the room's oldest messages."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        if since is not None:
+            params["since"] = since
+        return await self._request("GET", self._room_path(room, "messages"), params=params)
 
     async def rooms(self, trending: bool = False) -> list[dict[str, Any]]:
         body = await self._request("GET", "/api/rooms/trending" if trending else "/api/rooms")
@@ -225,12 +236,16 @@ class Client:
         on_connect: Callable[[bool], None] | None = None,
         user: str | None = None,
         presence: bool = False,
+        since_time: str | None = None,
+        on_gap: Callable[[dict[str, Any]], None] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the room's messages as they arrive, forever; with presence, also its joins and
         leaves (dicts with "event": "join" or "leave"). With user, the stream is that user's
         session in the room's presence.
 
-        Resumes after `since` (an event id) if given. Once connected, a dropped
+        Resumes after `since` (an event id) if given, or from the first message at or after
+        `since_time` (RFC 3339 or epoch milliseconds). `on_gap(info)` is told when the log no
+        longer had what came after the resume point (event `gap`). Once connected, a dropped
         stream is reopened with exponential backoff and Last-Event-ID, so the
         caller sees every message once; `on_reconnect(reason, delay)` is told
         before each wait and `on_connect(is_reconnect)` after each (re)connect.
@@ -243,10 +258,12 @@ class Client:
         connected_before = False
         delay = BACKOFF_START
         path = self._room_path(room, "events")
-        params = {"user": user} if user else {}
         timeout = httpx.Timeout(self.timeout, read=STREAM_IDLE_TIMEOUT)
         while True:
             headers = {"Last-Event-ID": last_id} if last_id else {}
+            params = {"user": user} if user else {}
+            if since_time is not None and not last_id:
+                params["since"] = since_time  # the first connection; later ones resume by id
             wait: float | None = None
             try:
                 async with aconnect_sse(self._http, "GET", path, headers=headers, params=params,
@@ -260,6 +277,15 @@ class Client:
                     connected_before = True
                     delay = BACKOFF_START
                     async for sse in source.aiter_sse():
+                        if sse.event == "gap":
+                            if sse.id:
+                                last_id = sse.id
+                            if on_gap:
+                                try:
+                                    on_gap(json.loads(sse.data))
+                                except ValueError:
+                                    pass
+                            continue
                         if sse.event in ("join", "leave"):
                             if sse.id:
                                 last_id = sse.id

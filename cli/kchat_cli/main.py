@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from kchat_cli.format import message_line, receipt_line, rooms_table, stats_tabl
 
 PROG = "kchat-cli"
 DEFAULT_URL = "http://127.0.0.1:6066"
+EVENT_ID = re.compile(r"[0-9]+:-?[0-9]+")  # "partition:offset", as the server hands them out
 
 
 def warn(text: str) -> None:
@@ -168,8 +170,9 @@ async def _send_lines(settings: Settings, user: str, room: str, show: Any) -> No
 
 @cli.command()
 @click.option("--room", "-r", default="lobby", show_default=True, help="Room to follow.")
-@click.option("--since", metavar="ID",
-              help="Resume after this event_id (from `send` or `listen --json`).")
+@click.option("--since", metavar="ID|TIME",
+              help="Resume after this event_id (from `send` or `listen --json`), or start at the first "
+                   "message at or after TIME (RFC 3339, e.g. 2026-12-04T15:00:00Z, or epoch milliseconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print each message as a JSON line.")
 @click.option("--count", "-n", type=click.IntRange(min=1), metavar="N",
               help="Exit after N messages.")
@@ -181,8 +184,11 @@ def listen(settings: Settings, room: str, since: str | None, as_json: bool,
 
     Each line shows local time, user and text. A dropped connection is
     reopened with backoff, resuming after the last message seen, so nothing
-    is missed or repeated.
+    is missed or repeated; if the log no longer has what came after the
+    resume point, a line on stderr says so.
     """
+    event_id, since_time = (since, None) if since is None or EVENT_ID.fullmatch(since) else (None, since)
+
     def reconnecting(reason: str, delay: float) -> None:
         warn(f"connection lost ({reason}); reconnecting in {delay:.1f}s")
 
@@ -190,11 +196,15 @@ def listen(settings: Settings, room: str, since: str | None, as_json: bool,
         if is_reconnect:
             warn("reconnected")
 
+    def gap(info: dict) -> None:
+        warn(f"the log no longer has the messages after {info.get('missing_after_event_id')} "
+             f"(retention); continuing from {info.get('first_event_id')}")
+
     async def follow() -> None:
         received = 0
         async with settings.client() as client, aclosing(
-                client.events(room, since, on_reconnect=reconnecting,
-                              on_connect=connected, user=user)) as stream:
+                client.events(room, event_id, on_reconnect=reconnecting, on_connect=connected, user=user,
+                              since_time=since_time, on_gap=gap)) as stream:
             async for msg in stream:
                 out(json.dumps(msg, ensure_ascii=False) if as_json else message_line(msg))
                 received += 1
@@ -205,6 +215,39 @@ def listen(settings: Settings, room: str, since: str | None, as_json: bool,
         asyncio.run(follow())
     except KeyboardInterrupt:
         pass  # the way to stop listening, not a failure
+
+
+@cli.command()
+@click.option("--room", "-r", default="lobby", show_default=True, help="The room.")
+@click.option("--limit", "-n", type=click.IntRange(min=1, max=500), default=20, show_default=True,
+              help="How many messages.")
+@click.option("--before", metavar="ID", help="The messages just before this event_id (scroll back).")
+@click.option("--since", metavar="TIME",
+              help="From the first message at or after TIME (RFC 3339 or epoch milliseconds).")
+@click.option("--json", "as_json", is_flag=True, help="Print each message as a JSON line.")
+@click.pass_obj
+def history(settings: Settings, room: str, limit: int, before: str | None, since: str | None,
+            as_json: bool) -> None:
+    """Print a page of ROOM's history, oldest first: the latest messages, the page before a message
+    (--before), or from a point in time (--since). The last line on stderr tells how to get the
+    page before it."""
+    if before is not None and since is not None:
+        raise click.UsageError("give --before or --since, not both")
+
+    async def fetch() -> dict[str, Any]:
+        async with settings.client() as client:
+            return await client.history_page(room, limit, before, since)
+
+    body = asyncio.run(fetch())
+    for msg in body.get("messages", []):
+        out(json.dumps(msg, ensure_ascii=False) if as_json else message_line(msg))
+    gap = body.get("gap")
+    if gap:
+        warn(f"{gap.get('missing')} older message(s) of {room} are gone from the log (retention)")
+    if body.get("before"):
+        warn(f"older: kchat-cli history --room {room} --before {body['before']}")
+    elif not gap:
+        warn(f"that is the start of {room}")
 
 
 @cli.command()

@@ -126,7 +126,37 @@
     if (!r.ok) throw new Error(body.error || "history: HTTP " + r.status);
     // Where the history read ended: resuming there leaves no gap, even in an empty room.
     if (typeof body.last_event_id === "string") s.historyEnd = body.last_event_id;
+    olderFrom(s, body);
     return Array.isArray(body.messages) ? body.messages : [];
+  }
+
+  // Where the page before starts (null at the room's start), and whether the log lost the oldest.
+  function olderFrom(s, body) {
+    s.olderBefore = typeof body.before === "string" ? body.before : null;
+    if (body.gap && body.gap.missing) {
+      ui.error.textContent = body.gap.missing + " older message(s) of this room are gone from the log (retention)";
+    }
+  }
+
+  // Scrolled to the top: the page of messages before the oldest shown, keeping the view where it was.
+  async function loadOlder(s) {
+    if (s.loadingOlder || !s.olderBefore) return;
+    s.loadingOlder = true;
+    try {
+      const r = await fetch(roomUrl(s.room, "/messages?limit=" + HISTORY + "&before=" + encodeURIComponent(s.olderBefore)),
+        { cache: "no-store", headers: authHeaders(s, {}) });
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(body.error || "older messages: HTTP " + r.status);
+      if (session !== s) return;
+      const list = ui.messages, height = list.scrollHeight, top = list.scrollTop;
+      for (const m of Array.isArray(body.messages) ? body.messages : []) addMessage(s, m);
+      list.scrollTop = top + (list.scrollHeight - height);
+      olderFrom(s, body);
+    } catch (err) {
+      if (session === s) ui.error.textContent = "could not load older messages: " + err.message;
+    } finally {
+      s.loadingOlder = false;
+    }
   }
 
   // -- live stream -----------------------------------------------------------------------
@@ -328,7 +358,7 @@
     leave();
     const s = {
       user, room, token, source: null, retryTimer: null, statsTimer: null, presenceTimer: null, roomsTimer: null,
-      backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null,
+      backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null, olderBefore: null, loadingOlder: false,
       seenIds: new Set(), seenOffsets: new Set(),
     };
     session = s;
@@ -390,6 +420,7 @@
   });
 
   ui.leave.addEventListener("click", () => { leave(); ui.user.focus(); });
+  ui.messages.addEventListener("scroll", () => { if (session && ui.messages.scrollTop < 40) loadOlder(session); });
 
   ui.send.addEventListener("submit", (ev) => {
     ev.preventDefault();
