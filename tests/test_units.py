@@ -239,3 +239,24 @@ async def test_kchat_group_session_timeout_is_what_faust_runs_with(monkeypatch):
                                            on_partitions_assigned=nothing)._new_consumer_thread()
     consumer = thread._create_worker_consumer(app.transport)
     assert (consumer._session_timeout_ms, consumer._heartbeat_interval_ms) == (10000, 3000)
+
+
+@pytest.mark.parametrize("raw, ms", [
+    ("0", 0), ("1733324400123", 1733324400123),
+    ("2026-12-04T15:00:00Z", 1796396400000), ("2026-12-04T15:00:00.250z", 1796396400250),
+    ("2026-12-04T16:00:00+01:00", 1796396400000),
+])
+def test_since_takes_epoch_milliseconds_or_rfc3339(raw, ms):
+    from kchat_faust.models import parse_time
+
+    assert parse_time(raw) == ms
+
+
+@pytest.mark.parametrize("raw", ["", "yesterday", "2026-12-04", "2026-12-04T15:00:00", "-5", "1e12",
+                                 "12345678901234567"])
+def test_a_since_that_is_no_time_is_refused_naming_the_parameter(raw):
+    from kchat_faust.models import parse_time
+
+    with pytest.raises(ValidationError) as exc:
+        parse_time(raw)
+    assert exc.value.field == "since"
