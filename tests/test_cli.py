@@ -456,10 +456,10 @@ def test_history_pages_back_and_listen_starts_at_a_time(kchat_worker):
     r = kchat(kchat_worker.url, "history", "--room", room, "-n", "2")
     assert r.returncode == 0, r.stderr
     assert [line.split(": ", 1)[1] for line in r.stdout.splitlines()] == ["h3", "h4"]
-    assert r.stderr.strip() == f"older: kchat-cli history --room {room} --before {sent[3]['event_id']}"
+    assert r.stderr.strip() == f"kchat-cli: older: kchat-cli history --room {room} --before {sent[3]['event_id']}"
     r = kchat(kchat_worker.url, "history", "--room", room, "-n", "5", "--before", sent[3]["event_id"], "--json")
     assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [m["id"] for m in sent[:3]]
-    assert r.stderr.strip() == f"that is the start of {room}"
+    assert r.stderr.strip() == f"kchat-cli: that is the start of {room}"
     # --since TIME: from the first message at or after it. Kafka's timestamp of a message is at or after its
     # sent_at (set just before the send, same clock); the one before was acknowledged before it was made.
     r = kchat(kchat_worker.url, "history", "--room", room, "--since", sent[2]["sent_at"], "--json")
