@@ -9,6 +9,8 @@ a message is in the history as soon as its publish was answered. Offsets the log
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from bisect import bisect_left
 from contextlib import aclosing
 from typing import TYPE_CHECKING
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 MAX_TAIL_SCAN = 50_000
 # Offsets of one page that lie this close together are read as one range.
 RUN_GAP = 64
+# How long a page waits for a holder of the room's index while the group rebalances, asking every
+# OWNER_RETRY seconds; a rebalance of a few workers takes seconds, a dead worker's partitions wait for the
+# group's session timeout. The latest page then reads the log's end instead (latest_from_log).
+OWNER_WAIT, LATEST_OWNER_WAIT, OWNER_RETRY = 15.0, 5.0, 0.5
 
 
 class IndexBehind(peers.NotOwner):
@@ -33,14 +39,43 @@ class IndexBehind(peers.NotOwner):
 
 async def page(app: "KchatApp", room: str, limit: int, before: int | None = None,
                since_ms: int | None = None) -> dict:
-    """The page's body, from whichever worker holds the room's index."""
+    """The page's body, from whichever worker holds the room's index. While the group moves that
+    partition (a worker joined, left or restarted) nobody holds it for a few seconds: ask again until
+    OWNER_WAIT has passed, then answer 503."""
     params = {"limit": str(limit)}
     if before is not None:
         params["before"] = event_id(partition_for(room, app.settings.partitions), before)
     if since_ms is not None:
         params["since"] = str(since_ms)
-    return await peers.from_owner(app, roomindex.TABLE, room, f"/api/rooms/{room}/messages",
-                                  lambda: local_page(app, room, limit, before, since_ms), params)
+    latest = before is None and since_ms is None
+    deadline = time.monotonic() + (LATEST_OWNER_WAIT if latest else OWNER_WAIT)
+    while True:
+        try:
+            return await peers.from_owner(app, roomindex.TABLE, room, f"/api/rooms/{room}/messages",
+                                          lambda: local_page(app, room, limit, before, since_ms), params)
+        except (peers.PeerUnavailable, peers.NotOwner):
+            if time.monotonic() + OWNER_RETRY > deadline:
+                if latest:
+                    # The room's latest messages (what a page shows on opening) from the log's end instead.
+                    return await latest_from_log(app.hub, app.settings.default_room, room,
+                                                 partition_for(room, app.settings.partitions), limit)
+                raise
+        await asyncio.sleep(OWNER_RETRY)
+
+
+async def latest_from_log(hub: "Hub", default_room: str, room: str, partition: int, limit: int) -> dict:
+    """The room's latest messages found by reading back at most MAX_TAIL_SCAN records, for while no worker
+    holds its index (a worker died and the group has not moved its partitions yet). `before` continues
+    exactly where the read stopped; whether the log lost older messages is not known here."""
+    begin, end = await hub.reader.bounds(partition)
+    start = max(begin, end - MAX_TAIL_SCAN)
+    found = await _unindexed(hub, default_room, room, partition, start, end)
+    messages = await _read(hub, default_room, partition, found[-limit:], room)
+    if len(found) > limit:
+        before = messages[0]["event_id"] if messages else None
+    else:
+        before = event_id(partition, start) if start > begin else None
+    return {"room": room, "messages": messages, "before": before, "last_event_id": event_id(partition, end - 1)}
 
 
 async def local_page(app: "KchatApp", room: str, limit: int, before: int | None = None,

@@ -164,3 +164,25 @@ async def test_a_stream_resuming_below_the_log_start_gets_gap_first(hub, log):
     assert client.transport.data.startswith(
         f'id: {P}:5\nevent: gap\ndata: {{"missing_after_event_id":"{P}:2","first_event_id":"{P}:6"}}\n\n'.encode())
     client.task.cancel()
+
+
+async def test_the_latest_page_without_the_index_reads_back_the_logs_end(hub, log, monkeypatch):
+    from kchat_faust.scrollback import latest_from_log
+
+    monkeypatch.setattr("kchat_faust.scrollback.MAX_TAIL_SCAN", 100)
+    mine = [log.post(ROOM, text=f"m{i}") for i in range(5)]
+    for i in range(150):
+        log.post(BUSY)
+    late = [log.post(ROOM, text=f"l{i}") for i in range(3)]
+    page = await latest_from_log(hub, "lobby", ROOM, P, 2)
+    assert [m["offset"] for m in page["messages"]] == [r.offset for r in late[1:]]
+    assert page["before"] == event_id(P, late[1].offset)
+    page = await latest_from_log(hub, "lobby", ROOM, P, 50)  # the read stopped short of the room's start
+    assert [m["offset"] for m in page["messages"]] == [r.offset for r in late]
+    end = len(log.logs[P])
+    assert page["before"] == event_id(P, end - 100) and mine[-1].offset < end - 100
+    # ... and paging on from there through the index finds the rest, once.
+    index = LocalIndex({}, 12)
+    route(log, index, P)
+    rest = await build_page(hub, index, "lobby", ROOM, P, 50, before=end - 100)
+    assert [m["offset"] for m in rest["messages"]] == [r.offset for r in mine] and rest["before"] is None
