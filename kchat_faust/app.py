@@ -8,7 +8,7 @@ agents and table, the services and the web pages.
 
 `faust -A kchat_faust worker` builds it from the environment (kchat_faust/__init__.py).
 Everything a view needs hangs off the app object: app.settings, app.publisher, app.hub,
-app.brokers, app.counts, app.rooms, app.room_index, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
+app.brokers, app.counts, app.rooms, app.room_index, app.keys, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 
 import faust
 
-from . import counting, metrics, presence, roomindex, rooms, web
+from . import counting, keys, metrics, presence, roomindex, rooms, web
 from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
@@ -39,6 +39,8 @@ class KchatApp(faust.App):
     brokers: BrokerWatch
     counts: counting.LocalCounts
     rooms: rooms.LocalRooms
+    room_index: roomindex.LocalIndex
+    keys: keys.LocalKeys
     sessions: presence.Sessions
     presence_table: object
     rate_limiter: RateLimiter
@@ -161,7 +163,9 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         app.rooms.tally(room, partition, messages)
         app.room_index.add(room, partition, messages)
 
-    app.counts = counting.setup(app, chat_topic, on_messages=on_messages, on_progress=app.room_index.progress)
+    app.keys = keys.setup(app)
+    app.counts = counting.setup(app, chat_topic, on_messages=on_messages, on_progress=app.room_index.progress,
+                                on_keyed=app.keys.add)
     app.presence_table = presence.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
     app.sessions = app.service(presence.Sessions(

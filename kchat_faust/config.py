@@ -107,6 +107,7 @@ class Settings:
     subscriber_buffer: int = 1000
     keepalive: float = 15.0
     idempotency_window: float = limits.IDEMPOTENCY_WINDOW
+    idempotency_retention: float = limits.IDEMPOTENCY_RETENTION
     presence_timeout: float = 15.0
     # Faust's default (60 s) left a killed worker's partitions -- its share of counting and
     # presence -- unread for a minute before the group moved them.
@@ -147,6 +148,11 @@ class Settings:
         if not 6 <= session <= 1800:  # the brokers' default group.min/max.session.timeout.ms
             raise ConfigError(f"KCHAT_GROUP_SESSION_TIMEOUT={session:g} is outside 6..1800 seconds, "
                               "which the brokers refuse")
+        window = _float(env, "KCHAT_IDEMPOTENCY_WINDOW", cls.idempotency_window)
+        retention = _float(env, "KCHAT_IDEMPOTENCY_RETENTION", cls.idempotency_retention)
+        if retention < window:
+            raise ConfigError(f"KCHAT_IDEMPOTENCY_RETENTION={retention:g} is below KCHAT_IDEMPOTENCY_WINDOW="
+                              f"{window:g}: keys would be forgotten before the window does")
         broker = env.get("KCHAT_BROKER", "").strip() or cls.broker
         if not kafka_servers(broker):
             raise ConfigError(f"KCHAT_BROKER={broker!r} names no broker")
@@ -163,7 +169,8 @@ class Settings:
             publish_timeout=_float(env, "KCHAT_PUBLISH_TIMEOUT", cls.publish_timeout),
             subscriber_buffer=_int(env, "KCHAT_SUBSCRIBER_BUFFER", cls.subscriber_buffer),
             keepalive=_float(env, "KCHAT_KEEPALIVE", cls.keepalive),
-            idempotency_window=_float(env, "KCHAT_IDEMPOTENCY_WINDOW", cls.idempotency_window),
+            idempotency_window=window,
+            idempotency_retention=retention,
             presence_timeout=_float(env, "KCHAT_PRESENCE_TIMEOUT", cls.presence_timeout),
             group_session_timeout=session,
             startup_timeout=_float(env, "KCHAT_STARTUP_TIMEOUT", cls.startup_timeout),

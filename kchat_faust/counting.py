@@ -111,12 +111,16 @@ class Router:
     def __init__(self, send: Callable[[str, int, list[int]], Awaitable[None]], judge: Callable[[int], object],
                  default_room: str,
                  on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
-                 on_progress: Callable[[int, int], None] = lambda *a: None) -> None:
+                 on_progress: Callable[[int, int], None] = lambda *a: None,
+                 on_keyed: Callable[[int, list[tuple[str, int, int]]], None] = lambda *a: None) -> None:
         self.send, self.judge_for, self.default_room = send, judge, default_room
         # (room, partition, [(offset, timestamp)]): the room directory's tally and the room index
         self.on_messages = on_messages
         # (partition, offset): every record of the partition up to offset has been routed
         self.on_progress = on_progress
+        # (partition, [(message id, offset, timestamp)]): the keyed originals, for the durable keys
+        self.on_keyed = on_keyed
+        self.keyed: dict[int, list[tuple[str, int, int]]] = {}
         self.judges: dict[int, object] = {}
         self.users: dict[tuple[int, str], list[int]] = {}
         self.rooms: dict[tuple[int, str], list[tuple[int, int]]] = {}
@@ -130,19 +134,25 @@ class Router:
         judge = self.judges.get(partition)
         if judge is None:
             judge = self.judges[partition] = self.judge_for(partition)
-        if await judge.is_copy(offset, timestamp, keyed_id_of(value)):
+        msg_id = keyed_id_of(value)
+        if await judge.is_copy(offset, timestamp, msg_id):
             return  # a retried publish's second record: the first one counts
         msg = decode_record(value, partition, offset, timestamp, self.default_room)
         if isinstance(msg, ChatMessage):
             self.users.setdefault((partition, msg.user), []).append(offset)
             self.rooms.setdefault((partition, msg.room), []).append((offset, timestamp))
+            if msg_id is not None:
+                self.keyed.setdefault(partition, []).append((msg_id, offset, timestamp))
 
     async def flush(self) -> None:
         """What route() gathered since the last flush: one record per user and partition."""
         users, rooms, self.users, self.rooms = self.users, self.rooms, {}, {}
         last, self.last = self.last, {}
+        keyed, self.keyed = self.keyed, {}
         for (partition, room), messages in rooms.items():
             self.on_messages(room, partition, messages)
+        for partition, entries in keyed.items():
+            self.on_keyed(partition, entries)
         for partition, offset in last.items():
             self.on_progress(partition, offset)
         for (partition, user), offsets in users.items():
@@ -151,10 +161,12 @@ class Router:
 
 def setup(app: "KchatApp", chat_topic: faust.TopicT,
           on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
-          on_progress: Callable[[int, int], None] = lambda *a: None) -> LocalCounts:
+          on_progress: Callable[[int, int], None] = lambda *a: None,
+          on_keyed: Callable[[int, list[tuple[str, int, int]]], None] = lambda *a: None) -> LocalCounts:
     """Declare the regrouped topic, the table and the two agents on app; on_messages(room, partition,
     [(offset, timestamp)]) is told of the messages route_by_user routes (the room directory tallies
-    them, the room index adds them), then on_progress(partition, offset) of the last record routed,
+    them, the room index adds them), on_keyed(partition, [(id, offset, timestamp)]) of the keyed ones
+    (the durable idempotency keys), then on_progress(partition, offset) of the last record routed,
     within the event context of their batch."""
     settings = app.settings
     by_user_topic = app.raw_topic(f"{settings.topic}-by-user")
@@ -176,7 +188,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
         # Where Faust resumed the partition after its last assignment (it seeks there).
         return app.consumer._committed_offset.get(TP(settings.topic, partition))
 
-    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages, on_progress)
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages, on_progress, on_keyed)
     in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
                        committed)
 

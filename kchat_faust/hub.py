@@ -222,7 +222,7 @@ class Hub(mode.Service):
         retry of its publish is answered with."""
         partition = self.partition_for(room)
         found = self.copies.original(partition, msg_id, now_ms())
-        return await self._message_at(partition, found[0]) if found is not None else None
+        return await self.message_at(partition, found[0]) if found is not None else None
 
     async def original_of(self, room: str, partition: int, offset: int, msg_id: str,
                           timeout: float) -> dict | None:
@@ -234,9 +234,10 @@ class Hub(mode.Service):
         found = self.copies.chain_start(partition, offset, msg_id)
         if found is None or found[0] == offset:
             return None
-        return await self._message_at(partition, found[0])
+        return await self.message_at(partition, found[0])
 
-    async def _message_at(self, partition: int, offset: int) -> dict | None:
+    async def message_at(self, partition: int, offset: int) -> dict | None:
+        """The chat message stored at (partition, offset), if that is one."""
         async for r in self.reader.read(partition, offset, offset + 1):
             msg = decode_record(r.value, r.partition, r.offset, r.timestamp, self.settings.default_room)
             return message_json(msg, r.partition, r.offset) if isinstance(msg, ChatMessage) else None

@@ -25,3 +25,5 @@ STORED_EVENT_ID_PATTERN = r"[0-9]+:[0-9]+"
 # that reached the log is the same message.
 IDEMPOTENCY_KEY_PATTERN = r"[!-~]{1,128}"
 IDEMPOTENCY_WINDOW = 600.0
+# How long a key is kept beyond that, in table idempotency_keys (KCHAT_IDEMPOTENCY_RETENTION, seconds).
+IDEMPOTENCY_RETENTION = 86400.0

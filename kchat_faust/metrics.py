@@ -40,6 +40,9 @@ class Metrics:
         self.subscriptions = Counter("kchat_subscriptions", "Event streams opened", registry=registry)
         self.replays = Counter("kchat_idempotent_replays", "Publishes answered with the message an earlier "
                                "attempt with the same Idempotency-Key stored", registry=registry)
+        self.key_lookups_failed = Counter(
+            "kchat_idempotency_key_lookups_failed", "Keyed publishes beyond the window that no worker holding "
+            "the room's keys could be asked about (published on the window's word alone)", registry=registry)
         self.copies = Counter("kchat_copies_dropped", "Records the fan-out dropped as copies of an earlier "
                               "record with the same Idempotency-Key", registry=registry)
 

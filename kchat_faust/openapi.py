@@ -28,9 +28,9 @@ LAST_EVENT_ID = [
 
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
-    "description": "A key of the client's choosing: a retry with the same key (within the worker's "
-                   "KCHAT_IDEMPOTENCY_WINDOW of the previous attempt that reached the log) is answered with "
-                   "the message the first attempt stored, which is delivered, counted and shown once",
+    "description": "A key of the client's choosing: a retry with the same key (within KCHAT_IDEMPOTENCY_RETENTION "
+                   "of the first attempt that reached the log) is answered with the message the first attempt "
+                   "stored, which is delivered, counted and shown once",
     "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN}$"}}
 USER = {"name": "user", "in": "query", "required": False,
         "description": "Who is watching (without authentication): listed in the room's presence; the stream "
@@ -121,6 +121,19 @@ def spec(settings: Settings) -> dict:
                                                                "items": {"$ref": "#/components/schemas/Message"}}}}}}},
                         **_errors(400, 401, 404, 503)},
                 },
+            },
+            "/api/rooms/{room}/keys/{msg_id}": {
+                "parameters": [ROOM, {"name": "msg_id", "in": "path", "required": True,
+                                      "schema": {"type": "string", "pattern": "^k[0-9a-f]{32}$"}}],
+                "get": {"summary": "Between workers: where the message published with this keyed id is stored, from "
+                                   "the keys kept for KCHAT_IDEMPOTENCY_RETENTION",
+                        "parameters": [SCOPE],
+                        "responses": {"200": {"description": "Found", "content": {"application/json": {
+                            "schema": {"type": "object", "required": ["room", "id", "offset", "timestamp"],
+                                       "properties": {"room": {"type": "string"}, "id": {"type": "string"},
+                                                      "offset": {"type": "integer", "minimum": 0},
+                                                      "timestamp": {"type": "integer"}}}}}},
+                                      **_errors(400, 401, 404, 503)}},
             },
             "/api/rooms/{room}/events": {
                 "parameters": [ROOM],

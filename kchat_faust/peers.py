@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import ClientError, ClientTimeout
 from faust.types import TP
 
-from . import presence, rooms
+from . import keys, presence, rooms
 from .counting import TABLE
 from .models import partition_for
 
@@ -161,3 +162,30 @@ async def directory(app: "KchatApp", now_ms: int) -> list[dict]:
     activity = {room: state for share in shares for room, state in share["activity"].items()}
     online = {room: n for share in shares for room, n in share["online"].items()}
     return rooms.directory(activity, online, now_ms)
+
+
+def local_key(app: "KchatApp", room: str, msg_id: str) -> dict:
+    """Where this worker's share of the durable keys has the message with this id: {"offset"} or {}."""
+    partition = partition_for(room, app.settings.partitions)
+    require_holder(app, app.keys.table, partition, f"the idempotency keys of {room!r}")
+    found = app.keys.get(msg_id, int(time.time() * 1000))
+    return {"offset": found[0], "timestamp": found[1]} if found is not None else {}
+
+
+async def room_key(app: "KchatApp", room: str, msg_id: str) -> dict:
+    """local_key, from the worker that holds the room's keys."""
+    return await from_owner(app, keys.TABLE, room, f"/api/rooms/{room}/keys/{msg_id}",
+                            lambda: local_key(app, room, msg_id))
+
+
+async def keyed_message(app: "KchatApp", room: str, msg_id: str) -> dict | None:
+    """The message a publish with this keyed id stored within the retention, from the worker that holds
+    the room's keys; None if there is none -- or if nobody could say (then the window alone decides)."""
+    try:
+        found = await room_key(app, room, msg_id)
+    except (PeerUnavailable, NotOwner):
+        app.metrics.key_lookups_failed.inc()
+        return None
+    if not isinstance(found, dict) or not isinstance(found.get("offset"), int):
+        return None
+    return await app.hub.message_at(partition_for(room, app.settings.partitions), found["offset"])

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 
 import orjson
@@ -25,6 +26,7 @@ from .models import (KeyReused, ValidationError, check_idempotency_key, check_ro
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("kchat")
+KEYED_ID = re.compile(r"k[0-9a-f]{32}")  # models.keyed_id
 
 
 def fast_json(data, status: int = 200) -> web.Response:
@@ -64,7 +66,8 @@ async def store(view: KchatView, request: web.Request, room: str, user, text) ->
                       check_idempotency_key(key) if key is not None else None)
     check_author(token_subject(request, app.settings.jwt_secret), msg.user)
     if key is not None:
-        stored = await app.hub.stored(room, msg.id)
+        # The window in memory first; behind it the keys kept for the retention.
+        stored = await app.hub.stored(room, msg.id) or await peers.keyed_message(app, room, msg.id)
         if stored is not None:
             return replayed(app, stored, msg.text)
     app.rate_limiter.check(msg.user)  # a replay above costs no token
@@ -286,6 +289,22 @@ class RoomPresence(KchatView):
         if _local_scope(request):
             return fast_json({"room": room, **peers.local_presence(self.app, room)})
         return fast_json({"room": room, **await peers.room_presence(self.app, room)})
+
+
+@blueprint.route("/api/rooms/{room}/keys/{msg_id}", name="room_key")
+class RoomKey(KchatView):
+    """Between workers: where the message with this keyed id is stored (404 if not within the retention)."""
+
+    async def get(self, request: web.Request, room: str, msg_id: str) -> web.Response:
+        check_room(room)
+        token_subject(request, self.settings.jwt_secret)
+        if not KEYED_ID.fullmatch(msg_id):
+            raise ValidationError("msg_id", "is not the id of a message published with an Idempotency-Key")
+        local = _local_scope(request)
+        found = peers.local_key(self.app, room, msg_id) if local else await peers.room_key(self.app, room, msg_id)
+        if not found:
+            return error(404, f"no message with id {msg_id!r} in room {room!r} within the retention")
+        return web.json_response({"room": room, "id": msg_id, **found})
 
 
 # -- per-user counts ------------------------------------------------------------------

@@ -103,8 +103,10 @@ async def test_the_window_a_key_is_remembered_for(own_kafka, tmp_path, client):
     # A group of its own: every worker of a group must judge copies with the same window. The window is
     # judged by wall time at the worker: long enough that a machine stalling between the first post and
     # the retry 1 s later still leaves the retry inside it.
+    # The keys kept behind the window are kept no longer than it here: the window alone decides.
     window = 15
-    worker = Worker(own_kafka.bootstrap, tmp_path / "w", env={"KCHAT_IDEMPOTENCY_WINDOW": str(window)}).start()
+    worker = Worker(own_kafka.bootstrap, tmp_path / "w", env={"KCHAT_IDEMPOTENCY_WINDOW": str(window),
+                                                               "KCHAT_IDEMPOTENCY_RETENTION": str(window)}).start()
     try:
         room, cy = unique("window"), unique("cy")
         first = await keyed_post(client, worker.url, room, cy, "hello", "k")
@@ -122,6 +124,37 @@ async def test_the_window_a_key_is_remembered_for(own_kafka, tmp_path, client):
         assert await wait_counts(client, worker.url, {cy: 2}) == {cy: 2}
     finally:
         worker.stop()
+
+
+async def test_a_retry_past_the_window_and_after_both_workers_restarted_is_the_first_message(
+        own_kafka, tmp_path, client):
+    # A window of 2 s (in memory), keys kept an hour (table idempotency_keys, restored from its changelog).
+    env = {"KCHAT_IDEMPOTENCY_WINDOW": "2", "KCHAT_IDEMPOTENCY_RETENTION": "3600"}
+    workers = [Worker(own_kafka.bootstrap, tmp_path / name, env=env) for name in ("a", "b")]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(w.start, 240.0) for w in workers))
+        room, dan = unique("durable"), unique("dan")
+        first = await keyed_post(client, workers[0].url, room, dan, "kept", "key-d")
+        assert first.status_code == 201, first.text
+        await asyncio.sleep(3)  # past the window
+        again = await keyed_post(client, workers[1].url, room, dan, "kept", "key-d")
+        assert again.status_code == 201 and again.json() == first.json(), again.text
+        assert again.headers["Idempotent-Replayed"] == "true"
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*(asyncio.to_thread(w.start, 240.0) for w in workers))
+        for w in workers:
+            retry = await keyed_post(client, w.url, room, dan, "kept", "key-d")
+            assert retry.status_code == 201 and retry.json() == first.json(), retry.text
+            assert retry.headers["Idempotent-Replayed"] == "true"
+        reused = await keyed_post(client, workers[1].url, room, dan, "other text", "key-d")
+        assert reused.status_code == 422  # the key of another message, also past the window
+        # One message in the log, shown and counted once.
+        assert [m["id"] for m in (await history(client, workers[0].url, room))] == [first.json()["id"]]
+        assert await wait_counts(client, workers[1].url, {dan: 1}) == {dan: 1}
+    finally:
+        for w in workers:
+            w.stop_or_kill()
 
 
 async def test_the_seed_endpoint_takes_a_key_too_and_works_without_one(kchat_worker, client):

@@ -28,6 +28,7 @@ def test_min_isr_defaults_down_to_rf_on_a_one_broker_laptop():
     ({"KCHAT_BROKER": " , "}, "names no broker"),
     ({"KCHAT_PUBLISH_TIMEOUT": "-1"}, "positive"),
     ({"KCHAT_GROUP_SESSION_TIMEOUT": "3"}, "outside 6..1800"),
+    ({"KCHAT_IDEMPOTENCY_RETENTION": "60", "KCHAT_IDEMPOTENCY_WINDOW": "600"}, "below KCHAT_IDEMPOTENCY_WINDOW"),
 ])
 def test_bad_settings_are_refused_with_the_variable_named(env, word):
     with pytest.raises(ConfigError, match=word) as exc:
