@@ -110,6 +110,10 @@ def spec(settings: Settings) -> dict:
                                                       "oneOf": [{"type": "null"}, EVENT_ID],
                                                       "description": "Ask with before= this for the page "
                                                                      "before; null at the room's start"},
+                                                  "partial": {"type": "boolean", "description":
+                                                              "No worker could answer from the room index: "
+                                                              "the page was read from the log's last 50,000 "
+                                                              "records and may lack older messages of the room"},
                                                   "gap": {"type": "object", "required": ["missing"],
                                                           "description": "The log no longer has the room's "
                                                                          "oldest messages (retention)",

@@ -66,7 +66,8 @@ async def page(app: "KchatApp", room: str, limit: int, before: int | None = None
 async def latest_from_log(hub: "Hub", default_room: str, room: str, partition: int, limit: int) -> dict:
     """The room's latest messages found by reading back at most MAX_TAIL_SCAN records, for while no worker
     holds its index (a worker died and the group has not moved its partitions yet). `before` continues
-    exactly where the read stopped; whether the log lost older messages is not known here."""
+    exactly where the read stopped; "partial" says the page may lack messages a page from the index would
+    have; whether the log lost older messages is not known here."""
     begin, end = await hub.reader.bounds(partition)
     start = max(begin, end - MAX_TAIL_SCAN)
     found = await _unindexed(hub, default_room, room, partition, start, end)
@@ -75,7 +76,8 @@ async def latest_from_log(hub: "Hub", default_room: str, room: str, partition: i
         before = messages[0]["event_id"] if messages else None
     else:
         before = event_id(partition, start) if start > begin else None
-    return {"room": room, "messages": messages, "before": before, "last_event_id": event_id(partition, end - 1)}
+    return {"room": room, "messages": messages, "before": before, "last_event_id": event_id(partition, end - 1),
+            "partial": True}
 
 
 async def local_page(app: "KchatApp", room: str, limit: int, before: int | None = None,

@@ -72,12 +72,17 @@ async def log_records(bootstrap: str, room: str) -> list[tuple[int, int]]:
 
 
 async def page(client: httpx.AsyncClient, base: str, room: str, timeout: float = 240.0, **params) -> dict:
-    """A history page; a 503 (the index catching up, the group moving) is retried until `timeout`."""
+    """A history page from the room index: a 503 (the index catching up, the group moving), or a partial page
+    read from the log's end while no worker held the index, is asked again until `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         r = await client.get(f"{base}/api/rooms/{room}/messages", params=params)
-        if r.status_code == 200:
+        if r.status_code == 200 and not r.json().get("partial"):
             return r.json()
+        if r.status_code == 200:
+            assert time.monotonic() < deadline, "no worker answered from the room index"
+            await asyncio.sleep(1)
+            continue
         assert r.status_code == 503 and time.monotonic() < deadline, (r.status_code, r.text)
         await asyncio.sleep(1)
 
