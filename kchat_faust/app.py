@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 import faust
 
@@ -63,6 +64,23 @@ class KchatApp(faust.App):
         return self.topic(name, key_serializer="raw", value_serializer="raw", partitions=s.partitions,
                           replicas=s.replication_factor, internal=True,
                           config={"min.insync.replicas": str(s.min_insync_replicas), **config})
+
+    def small_table(self, name: str):
+        """A RocksDB table of small JSON values, co-partitioned with the chat topic. rocksdict's defaults
+        reserve GiBs of block cache per partition; counts, windows and offsets are tiny."""
+        return self.Table(name, default=None, partitions=self.settings.partitions,
+                          options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
+                                   "max_write_buffer_number": 2})
+
+    def on_reassigned(self, forget: Callable[[], None], table=None) -> None:
+        """forget() whenever what this worker holds may change: a rebalance, or the table's recovery."""
+        async def receiver(*args, **kwargs) -> None:
+            forget()
+
+        self.on_partitions_revoked.connect(receiver)
+        self.on_partitions_assigned.connect(receiver)
+        if table is not None:
+            table.on_recover(receiver)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

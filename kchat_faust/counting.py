@@ -170,14 +170,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
     within the event context of their batch."""
     settings = app.settings
     by_user_topic = app.raw_topic(f"{settings.topic}-by-user")
-    table = app.Table(
-        TABLE,
-        default=None,
-        partitions=settings.partitions,
-        # rocksdict's defaults reserve GiBs of block cache per partition; counts are tiny.
-        options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
-                 "max_write_buffer_number": 2},
-    )
+    table = app.small_table(TABLE)
     local = LocalCounts(table)
 
     async def send(user: str, partition: int, offsets: list[int]) -> None:
@@ -222,12 +215,10 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
                         table[user] = state
                         local.set(user, state["count"])
 
-    async def forget(*args, **kwargs) -> None:
+    def forget() -> None:
         local.invalidate()  # the table may have changed under the snapshot
         router.reset()
         in_order.reset()
 
-    app.on_partitions_revoked.connect(forget)
-    app.on_partitions_assigned.connect(forget)
-    table.on_recover(forget)
+    app.on_reassigned(forget, table)
     return local

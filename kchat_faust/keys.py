@@ -74,15 +74,7 @@ class LocalKeys:
 
 
 def setup(app: "KchatApp") -> LocalKeys:
-    table = app.Table(TABLE, default=None, partitions=app.settings.partitions,
-                      options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
-                               "max_write_buffer_number": 2})
+    table = app.small_table(TABLE)
     local = LocalKeys(table, int(app.settings.idempotency_retention * 1000))
-
-    async def reset(*args, **kwargs) -> None:
-        local.reset()
-
-    app.on_partitions_revoked.connect(reset)
-    app.on_partitions_assigned.connect(reset)
-    table.on_recover(reset)
+    app.on_reassigned(local.reset, table)
     return local

@@ -219,9 +219,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT):
     settings = app.settings
     # The table holds the state; the records are only needed until they are applied.
     topic = app.raw_topic(f"{settings.topic}-presence", **{"retention.ms": str(24 * 3600 * 1000)})
-    table = app.Table(TABLE, default=None, partitions=settings.partitions,
-                      options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
-                               "max_write_buffer_number": 2})
+    table = app.small_table(TABLE)
 
     async def emit(kind: str, room: str, user: str, n: int, timestamp: int) -> None:
         await chat_topic.send(key=room.encode(),
@@ -247,9 +245,5 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT):
             m = event.message
             await in_order.take(m.partition, m.offset, int(m.timestamp * 1000), event.value)
 
-    async def forget(*args, **kwargs) -> None:
-        in_order.reset()
-
-    app.on_partitions_revoked.connect(forget)
-    app.on_partitions_assigned.connect(forget)
+    app.on_reassigned(in_order.reset)
     return table

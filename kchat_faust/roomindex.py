@@ -134,7 +134,4 @@ class LocalIndex:
 
 
 def setup(app: "KchatApp") -> LocalIndex:
-    table = app.Table(TABLE, default=None, partitions=app.settings.partitions,
-                      options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
-                               "max_write_buffer_number": 2})
-    return LocalIndex(table, app.settings.partitions)
+    return LocalIndex(app.small_table(TABLE), app.settings.partitions)

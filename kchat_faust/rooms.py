@@ -112,20 +112,12 @@ class LocalRooms:
             if self.states is not None:
                 self.states[room] = state
 
-    def invalidate(self, *args, **kwargs) -> None:
+    def invalidate(self) -> None:
         self.states = None
 
 
 def setup(app: "KchatApp") -> LocalRooms:
-    table = app.Table(TABLE, default=None, partitions=app.settings.partitions,
-                      options={"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20,
-                               "max_write_buffer_number": 2})
+    table = app.small_table(TABLE)
     local = LocalRooms(table, app.settings.partitions)
-
-    async def forget(*args, **kwargs) -> None:
-        local.invalidate()
-
-    app.on_partitions_revoked.connect(forget)
-    app.on_partitions_assigned.connect(forget)
-    table.on_recover(forget)
+    app.on_reassigned(local.invalidate, table)
     return local
