@@ -130,13 +130,14 @@ def spec(settings: Settings) -> dict:
                 "parameters": [ROOM, {"name": "msg_id", "in": "path", "required": True,
                                       "schema": {"type": "string", "pattern": "^k[0-9a-f]{32}$"}}],
                 "get": {"summary": "Between workers: where the message published with this keyed id is stored, from "
-                                   "the keys kept for KCHAT_IDEMPOTENCY_RETENTION",
+                                   "the keys kept for KCHAT_IDEMPOTENCY_RETENTION (404 if nowhere; with "
+                                   "scope=local, offset null)",
                         "parameters": [SCOPE],
                         "responses": {"200": {"description": "Found", "content": {"application/json": {
                             "schema": {"type": "object", "required": ["room", "id", "offset", "timestamp"],
                                        "properties": {"room": {"type": "string"}, "id": {"type": "string"},
-                                                      "offset": {"type": "integer", "minimum": 0},
-                                                      "timestamp": {"type": "integer"}}}}}},
+                                                      "offset": {"type": ["integer", "null"], "minimum": 0},
+                                                      "timestamp": {"type": ["integer", "null"]}}}}}},
                                       **_errors(400, 401, 404, 503)}},
             },
             "/api/rooms/{room}/events": {

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import jwt
 import orjson
 from aiohttp import ClientError, ClientTimeout
 from faust.types import TP
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .app import KchatApp
 
 PEER_TIMEOUT = ClientTimeout(total=5)
+PEER_SUBJECT = "kchat-worker"  # the `sub` of the tokens workers ask each other with
 USERS_HEAD = b'{"users":{'
 
 
@@ -41,10 +43,20 @@ def _url(app: "KchatApp") -> str:
     return str(app.conf.canonical_url).rstrip("/")
 
 
+def _peer_headers(app: "KchatApp") -> dict:
+    """With authentication on, a worker asks its peers with a short-lived token of its own, signed with
+    the shared secret (the peer's views want a token like any client's)."""
+    secret = app.settings.jwt_secret
+    if not secret:
+        return {}
+    token = jwt.encode({"sub": PEER_SUBJECT, "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def _get(app: "KchatApp", url: str, path: str, params: dict | None = None) -> bytes:
     try:
         async with app.http_client.get(f"{url}{path}", params={**(params or {}), "scope": "local"},
-                                       timeout=PEER_TIMEOUT) as r:
+                                       headers=_peer_headers(app), timeout=PEER_TIMEOUT) as r:
             if r.status != 200:
                 raise PeerUnavailable(f"worker {url} answered {r.status} for its share")
             return await r.read()
@@ -165,11 +177,12 @@ async def directory(app: "KchatApp", now_ms: int) -> list[dict]:
 
 
 def local_key(app: "KchatApp", room: str, msg_id: str) -> dict:
-    """Where this worker's share of the durable keys has the message with this id: {"offset"} or {}."""
+    """Where this worker's share of the durable keys has the message with this id: {"offset", "timestamp"}
+    (both None if it has none)."""
     partition = partition_for(room, app.settings.partitions)
     require_holder(app, app.keys.table, partition, f"the idempotency keys of {room!r}")
     found = app.keys.get(msg_id, int(time.time() * 1000))
-    return {"offset": found[0], "timestamp": found[1]} if found is not None else {}
+    return {"offset": found[0], "timestamp": found[1]} if found is not None else {"offset": None, "timestamp": None}
 
 
 async def room_key(app: "KchatApp", room: str, msg_id: str) -> dict:

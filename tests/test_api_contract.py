@@ -12,9 +12,11 @@ import httpx
 import jwt
 import pytest
 
+from kchat_faust.models import partition_for
 from kchat_testkit.chat import post, unique
 from kchat_testkit.procs import until
 from kchat_testkit.sse import Subscriber
+from kchat_testkit.worker import Worker
 
 pytestmark = pytest.mark.kafka
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
@@ -105,6 +107,36 @@ def auth_worker(worker_factory):
 
 def token(sub: str, secret: str = SECRET, **claims) -> str:
     return jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")
+
+
+async def test_with_a_jwt_secret_workers_answer_each_other(own_kafka, tmp_path):
+    # A group of its own: every worker has the secret, and asks the others with a token of its own.
+    workers = [Worker(own_kafka.bootstrap, tmp_path / name, env={"KCHAT_JWT_SECRET": SECRET}) for name in "ab"]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(w.start, 240.0) for w in workers))
+        rooms = {partition_for(f"auth{i}", 12): f"auth{i}" for i in range(200)}  # a room in every partition
+        alice = {"Authorization": f"Bearer {token('alice')}"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            for room in rooms.values():
+                r = await client.post(f"{workers[0].url}/api/rooms/{room}/messages",
+                                      json={"user": "alice", "text": f"in {room}"}, headers=alice)
+                assert r.status_code == 201, r.text
+            for w in workers:
+                for room in rooms.values():
+                    deadline = time.monotonic() + 120
+                    while True:  # a page from the index's holder, whichever worker that is
+                        r = await client.get(f"{w.url}/api/rooms/{room}/messages", headers=alice)
+                        assert r.status_code in (200, 503), r.text
+                        if r.status_code == 200 and not r.json().get("partial"):
+                            break
+                        assert time.monotonic() < deadline, f"{room} through {w.url}: {r.text}"
+                        await asyncio.sleep(1)
+                    assert [m["text"] for m in r.json()["messages"]] == [f"in {room}"]
+                    r = await client.get(f"{w.url}/api/rooms/{room}/presence", headers=alice)
+                    assert r.status_code == 200, r.text
+    finally:
+        for w in workers:
+            w.stop_or_kill()
 
 
 async def test_with_a_jwt_secret_nobody_can_post_as_someone_else(auth_worker):

@@ -21,7 +21,7 @@ class Peer:
     """Another worker's HTTP side: answers from its own share and records what it was asked."""
 
     def __init__(self, counts: dict[str, int], status: int = 200) -> None:
-        self.counts, self.status, self.asked = counts, status, []
+        self.counts, self.status, self.asked, self.tokens = counts, status, [], []
         app = web.Application()
         app.router.add_get("/stats/users", self.all)
         app.router.add_get("/stats/users/{user}", self.one)
@@ -35,6 +35,7 @@ class Peer:
 
     async def one(self, request):
         self.asked.append(request.path_qs)
+        self.tokens.append(request.headers.get("Authorization"))
         user = request.match_info["user"]
         return web.json_response({"user": user, "count": self.counts.get(user, 0)}, status=self.status)
 
@@ -43,12 +44,12 @@ class Peer:
         return str(self.server.make_url("")).rstrip("/")
 
 
-def fake_app(me: str, share: dict[str, int], owners: dict[str, list[int]], session) -> SimpleNamespace:
+def fake_app(me: str, share: dict[str, int], owners: dict[str, list[int]], session, secret: str = "") -> SimpleNamespace:
     """A worker as peers.py sees it: its URL, its share, and the assignor's map of who holds what."""
     mine = set(owners.get(me, []))
     return SimpleNamespace(
         conf=SimpleNamespace(canonical_url=me + "/"),
-        settings=SimpleNamespace(partitions=12),
+        settings=SimpleNamespace(partitions=12, jwt_secret=secret),
         router=SimpleNamespace(table_metadata=lambda name: {u + "/": {CHANGELOG: ps} for u, ps in owners.items()}),
         assignor=SimpleNamespace(is_active=lambda tp: tp.topic == CHANGELOG and tp.partition in mine),
         counts=SimpleNamespace(snapshot=lambda: share,
@@ -77,6 +78,22 @@ async def test_one_users_count_is_asked_of_its_owner_only(session):
         assert await peers.user_count(app, ann) == 7
         assert owner.asked == [f"/stats/users/{ann}?scope=local"]
         assert bystander.asked == []
+
+
+async def test_with_authentication_on_a_worker_asks_with_a_token_of_its_own(session):
+    import jwt
+
+    ann, = users_on(set(range(6, 12)), 1)
+    owner = Peer({ann: 2})
+    async with owner.server:
+        app = fake_app("http://me:1", {}, {"http://me:1": list(range(0, 6)), owner.url: list(range(6, 12))},
+                       session, secret="s" * 32)
+        assert await peers.user_count(app, ann) == 2
+        scheme, token = owner.tokens[0].split(" ")
+        assert scheme == "Bearer" and jwt.decode(token, "s" * 32, algorithms=["HS256"])["sub"] == peers.PEER_SUBJECT
+        app.settings.jwt_secret = ""
+        await peers.user_count(app, ann)
+        assert owner.tokens[1] is None  # no secret, no token
 
 
 async def test_a_users_count_held_here_needs_no_request(session):
