@@ -392,13 +392,35 @@ def remove_disk(disk):
 
     if attached():
         sh("losetup", "-d", disk["loop"], check=False)
+        # A mount namespace made while the disk was mounted (podman, buildah, unshare: the local Kubernetes'
+        # image builds run beside the tests) holds a private copy of the mount, and the device stays
+        # attached until that namespace ends -- a minute later, seen. Unmount those copies too: they are ours.
+        for pid in copies_of(disk["mount"]):
+            sh("nsenter", f"--mount=/proc/{pid}/ns/mnt", "umount", "-l", disk["mount"], check=False)
         # The detach completes in the kernel a moment later (seen: still listed right after `losetup -d`).
-        # A device still busy (the unmount finishing) is detached when let go: ask again while waiting.
         deadline = time.monotonic() + 20
         while attached() and time.monotonic() < deadline:
             time.sleep(0.5)
             sh("losetup", "-d", disk["loop"], check=False)
     Path(disk["image"]).unlink(missing_ok=True)
+
+
+def copies_of(mountpoint):
+    """One process in each other mount namespace that still has `mountpoint` mounted."""
+    mine = os.readlink("/proc/self/ns/mnt")
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(proc / "ns" / "mnt")
+            if ns == mine or ns in found:
+                continue
+            if any(line.split()[4] == mountpoint for line in (proc / "mountinfo").read_text().splitlines()):
+                found[ns] = proc.name
+        except (OSError, IndexError):
+            continue
+    return list(found.values())
 
 
 def freeze(disk, frozen):
@@ -450,7 +472,10 @@ def disk_leftovers(state_root=None):
     for lo in loops():
         back = lo.get("back-file") or ""
         if Path(back.split(" ")[0]).name.startswith("kf-") and (not state_root or back.startswith(str(state_root))):
-            found.append(f"loop device {lo['name']} ({back})")
+            # The disk's mount is its image's path without ".img": name who still has it mounted elsewhere.
+            held = [f"pid {pid}" for pid in copies_of(back.split(" ")[0].removesuffix(".img"))]
+            found.append(f"loop device {lo['name']} ({back})" +
+                         (f", still mounted in the namespace of {', '.join(held)}" if held else ""))
     for target in mounted_targets():
         if "/disks/" in target and Path(target).name.startswith("kf-") and (
                 not state_root or target.startswith(str(state_root))):
