@@ -32,7 +32,7 @@ from .config import Settings
 from .copies import CopyIndex
 from .feed import RoomFeed, Subscriber
 from .metrics import Metrics
-from .models import ChatMessage, decode_record, event_id, keyed_id_of, message_json, partition_for
+from .models import ChatMessage, decode_record, keyed_id_of, message_json, partition_for
 from .sse import Frames, gap_frame
 
 log = logging.getLogger(__name__)
