@@ -121,9 +121,8 @@ class LocalIndex:
 
     def progress(self, partition: int, offset: int) -> None:
         """Every message of the partition up to `offset` has been added."""
-        key = marker_key(partition)
-        if offset > (self.table.get(key) if self.table.get(key) is not None else -1):
-            self.table[key] = offset
+        if offset > self.indexed_up_to(partition):
+            self.table[marker_key(partition)] = offset
 
     def indexed_up_to(self, partition: int) -> int:
         marker = self.table.get(marker_key(partition))
