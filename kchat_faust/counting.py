@@ -13,7 +13,8 @@ Faust is at-least-once: after a crash or a rebalance, records since the last com
 maybe split into other batches. Each table entry keeps, with the count, the highest chatroom
 offset counted per partition, and counts only the offsets above it (see `counted`), so a
 replay counts nothing twice however it is batched -- which needs each partition's offsets
-routed for the first time in order (inorder.py). A record that copies an earlier one (a retried
+routed for the first time in order, and no routed record skipped by count_messages (both agents
+take their records through inorder.py). A record that copies an earlier one (a retried
 publish, see copies.py) is not routed at all, nor are presence events.
 """
 from __future__ import annotations
@@ -159,6 +160,30 @@ class Router:
             await self.send(user, partition, offsets)
 
 
+class Tally:
+    """count_messages' rule: the chatroom-by-user records of a batch, each chatroom offset counted once,
+    each user's entry written once per batch (drain)."""
+
+    def __init__(self, get: Callable[[str], State | None]) -> None:
+        self.get = get
+        self.changed: dict[str, State] = {}
+
+    async def take(self, _partition: int, _offset: int, _timestamp: int, value: bytes | None) -> None:
+        try:
+            record = orjson.loads(value)
+            user, partition = record["user"], record["partition"]
+            offsets = record["offsets"] if "offsets" in record else [record["offset"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return  # not ours
+        state = counted(self.changed.get(user) or self.get(user), partition, offsets)
+        if state is not None:
+            self.changed[user] = state
+
+    def drain(self) -> dict[str, State]:
+        changed, self.changed = self.changed, {}
+        return changed
+
+
 def setup(app: "KchatApp", chat_topic: faust.TopicT,
           on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
           on_progress: Callable[[int, int], None] = lambda *a: None,
@@ -195,23 +220,23 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
                         await in_order.take(partition, m.offset, int(m.timestamp * 1000), event.value)
                     await router.flush()
 
+    # A by-user record Faust skips is lost for good once a later one of the user is counted (its offsets
+    # are then below the highest counted): the same guard as route_by_user's.
+    by_user = by_user_topic.get_topic_name()
+    tally = Tally(table.get)
+    tally_in_order = InOrder("count_messages", tally.take,
+                             lambda p, start, stop: app.hub.reader.read(p, start, stop, topic=by_user),
+                             lambda p: app.consumer._committed_offset.get(TP(by_user, p)))
+
     @app.agent(by_user_topic, name="kchat_faust.counting.count_messages")
     async def count_messages(stream):
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
-            for group in by_partition(events).values():
+            for partition, group in by_partition(events).items():
                 with event_context(group[-1]):
-                    changed: dict[str, State] = {}
                     for event in group:
-                        try:
-                            record = orjson.loads(event.value)
-                            user, partition = record["user"], record["partition"]
-                            offsets = record["offsets"] if "offsets" in record else [record["offset"]]
-                        except (orjson.JSONDecodeError, KeyError, TypeError):
-                            continue  # not ours
-                        state = counted(changed.get(user) or table.get(user), partition, offsets)
-                        if state is not None:
-                            changed[user] = state
-                    for user, state in changed.items():
+                        m = event.message
+                        await tally_in_order.take(partition, m.offset, int(m.timestamp * 1000), event.value)
+                    for user, state in tally.drain().items():
                         table[user] = state
                         local.set(user, state["count"])
 
@@ -219,6 +244,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
         local.invalidate()  # the table may have changed under the snapshot
         router.reset()
         in_order.reset()
+        tally_in_order.reset()
 
     app.on_reassigned(forget, table)
     return local

@@ -128,3 +128,34 @@ async def test_the_router_routes_messages_only():
     assert tallied == [("lobby", [(0, 0), (3, 5), (4, 6)])]
     await r.flush()
     assert len(sent) == 2  # nothing twice
+
+
+async def test_a_by_user_record_faust_skipped_is_counted_from_the_log():
+    """count_messages takes the chatroom-by-user records in order too: a record Faust drops around a
+    rebalance, followed by a later one of the same user, would otherwise never count (its offsets are below
+    the highest counted by then)."""
+    import orjson
+
+    from kchat_faust.counting import Tally
+    from kchat_faust.inorder import InOrder
+
+    records = {0: {"user": "ann", "partition": 3, "offsets": [10, 12]},
+               1: {"user": "ann", "partition": 3, "offsets": [15]},
+               2: {"user": "ann", "partition": 3, "offsets": [18, 19]},
+               3: "not ours"}
+    log = {o: orjson.dumps(r) for o, r in records.items()}
+    table: dict = {}
+
+    async def read(partition, start, stop):
+        for offset in range(start, stop):
+            yield type("R", (), {"offset": offset, "timestamp": 0, "value": log[offset]})
+
+    tally = Tally(table.get)
+    order = InOrder("test", tally.take, read, {1: 0}.get)
+    for offset in (0, 2, 3):  # Faust dropped offset 1
+        await order.take(1, offset, 0, log[offset])
+    table.update(tally.drain())
+    assert table == {"ann": {"count": 5, "seen": {"3": 19}}}
+    for offset in (1, 2):  # and delivers it again after the next rebalance: counted once only
+        await order.take(1, offset, 0, log[offset])
+    assert tally.drain() == {}
