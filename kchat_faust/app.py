@@ -3,12 +3,13 @@ agents and table, the services and the web pages.
 
     HTTP POST --> Publisher (idempotent, acks=all) --> chatroom
     chatroom --> Hub (every worker, every partition) --> SSE subscribers
-    chatroom --> counting agents --> tables user_counts, room_activity --> /stats/users, /api/rooms
+    chatroom --> counting agents --> tables user_counts, room_activity, room_index, idempotency_keys
+    PUT .../read --> chatroom-reads --> track_reads --> table read_positions --> /api/users/{user}/unread
     event streams --> chatroom-presence --> presence agent --> table presence, join/leave --> chatroom
 
 `faust -A kchat_faust worker` builds it from the environment (kchat_faust/__init__.py).
 Everything a view needs hangs off the app object: app.settings, app.publisher, app.hub,
-app.brokers, app.counts, app.rooms, app.room_index, app.keys, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
+app.brokers, app.counts, app.rooms, app.room_index, app.keys, app.reads, app.sessions, app.presence_table, app.metrics, app.rate_limiter.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Callable
 
 import faust
 
-from . import counting, keys, metrics, presence, roomindex, rooms, web
+from . import counting, keys, metrics, presence, reads, roomindex, rooms, web
 from .brokers import BrokerWatch
 from .config import Settings
 from .hub import Hub
@@ -42,6 +43,7 @@ class KchatApp(faust.App):
     rooms: rooms.LocalRooms
     room_index: roomindex.LocalIndex
     keys: keys.LocalKeys
+    reads: reads.LocalReads
     sessions: presence.Sessions
     presence_table: object
     rate_limiter: RateLimiter
@@ -182,8 +184,9 @@ def create_app(settings: Settings | None = None) -> KchatApp:
         app.room_index.add(room, partition, messages)
 
     app.keys = keys.setup(app)
+    app.reads = reads.setup(app)
     app.counts = counting.setup(app, chat_topic, on_messages=on_messages, on_progress=app.room_index.progress,
-                                on_keyed=app.keys.add)
+                                on_keyed=app.keys.add, on_posted=app.reads.mark)
     app.presence_table = presence.setup(app, chat_topic)
     app.publisher = app.service(Publisher(settings, app.metrics, app.stop_budget))
     app.sessions = app.service(presence.Sessions(

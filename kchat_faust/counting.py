@@ -29,7 +29,7 @@ from faust import streams
 from faust.types import TP
 
 from .inorder import InOrder
-from .models import ChatMessage, decode_record, keyed_id_of
+from .models import ChatMessage, decode_record, keyed_id_of, partition_for
 
 if TYPE_CHECKING:
     from .app import KchatApp
@@ -41,8 +41,9 @@ TABLE = "user_counts"
 BATCH = 1000
 BATCH_WITHIN = 0.05
 
-# A chatroom-by-user record: {"user": u, "partition": p, "offsets": [o, ...]}, the user's messages
-# in one batch of chatroom partition p (records of older workers carry one "offset").
+# A chatroom-by-user record: {"user": u, "partition": p, "offsets": [o, ...], "rooms": {room: o}}, the
+# user's messages in one batch of chatroom partition p, and the last of them per room whose partition p
+# is (a post marks the room read, reads.py; records of older workers carry one "offset", no "rooms").
 # A table value: {"count": n, "seen": {"<chatroom partition>": last counted offset}}
 State = dict
 
@@ -109,12 +110,12 @@ class Router:
     """route_by_user's rules: copies (copies.py) and presence events are not routed; the messages of a
     batch of one chatroom partition go out as one record per user, and one tally per room."""
 
-    def __init__(self, send: Callable[[str, int, list[int]], Awaitable[None]], judge: Callable[[int], object],
-                 default_room: str,
+    def __init__(self, send: Callable[[str, int, list[int], dict[str, int]], Awaitable[None]],
+                 judge: Callable[[int], object], default_room: str, partitions: int,
                  on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
                  on_progress: Callable[[int, int], None] = lambda *a: None,
                  on_keyed: Callable[[int, list[tuple[str, int, int]]], None] = lambda *a: None) -> None:
-        self.send, self.judge_for, self.default_room = send, judge, default_room
+        self.send, self.judge_for, self.default_room, self.partitions = send, judge, default_room, partitions
         # (room, partition, [(offset, timestamp)]): the room directory's tally and the room index
         self.on_messages = on_messages
         # (partition, offset): every record of the partition up to offset has been routed
@@ -124,6 +125,7 @@ class Router:
         self.keyed: dict[int, list[tuple[str, int, int]]] = {}
         self.judges: dict[int, object] = {}
         self.users: dict[tuple[int, str], list[int]] = {}
+        self.posted: dict[tuple[int, str], dict[str, int]] = {}
         self.rooms: dict[tuple[int, str], list[tuple[int, int]]] = {}
         self.last: dict[int, int] = {}
 
@@ -141,6 +143,8 @@ class Router:
         msg = decode_record(value, partition, offset, timestamp, self.default_room)
         if isinstance(msg, ChatMessage):
             self.users.setdefault((partition, msg.user), []).append(offset)
+            if partition_for(msg.room, self.partitions) == partition:  # not a console line shown elsewhere
+                self.posted.setdefault((partition, msg.user), {})[msg.room] = offset
             self.rooms.setdefault((partition, msg.room), []).append((offset, timestamp))
             if msg_id is not None:
                 self.keyed.setdefault(partition, []).append((msg_id, offset, timestamp))
@@ -148,6 +152,7 @@ class Router:
     async def flush(self) -> None:
         """What route() gathered since the last flush: one record per user and partition."""
         users, rooms, self.users, self.rooms = self.users, self.rooms, {}, {}
+        posted, self.posted = self.posted, {}
         last, self.last = self.last, {}
         keyed, self.keyed = self.keyed, {}
         for (partition, room), messages in rooms.items():
@@ -157,7 +162,7 @@ class Router:
         for partition, offset in last.items():
             self.on_progress(partition, offset)
         for (partition, user), offsets in users.items():
-            await self.send(user, partition, offsets)
+            await self.send(user, partition, offsets, posted.get((partition, user), {}))
 
 
 class Tally:
@@ -167,6 +172,7 @@ class Tally:
     def __init__(self, get: Callable[[str], State | None]) -> None:
         self.get = get
         self.changed: dict[str, State] = {}
+        self.posted: dict[str, dict[str, int]] = {}  # user -> {room: the offset of their last post}
 
     async def take(self, _partition: int, _offset: int, _timestamp: int, value: bytes | None) -> None:
         try:
@@ -178,35 +184,44 @@ class Tally:
         state = counted(self.changed.get(user) or self.get(user), partition, offsets)
         if state is not None:
             self.changed[user] = state
+        rooms = record.get("rooms")
+        if isinstance(rooms, dict):
+            marks = self.posted.setdefault(user, {})
+            for room, offset in rooms.items():
+                marks[room] = max(offset, marks.get(room, -1))
 
-    def drain(self) -> dict[str, State]:
-        changed, self.changed = self.changed, {}
-        return changed
+    def drain(self) -> tuple[dict[str, State], dict[str, dict[str, int]]]:
+        """The batch's changed entries, and the rooms each user posted in (read up to their post)."""
+        changed, posted, self.changed, self.posted = self.changed, self.posted, {}, {}
+        return changed, posted
 
 
 def setup(app: "KchatApp", chat_topic: faust.TopicT,
           on_messages: Callable[[str, int, list[tuple[int, int]]], None] = lambda *a: None,
           on_progress: Callable[[int, int], None] = lambda *a: None,
-          on_keyed: Callable[[int, list[tuple[str, int, int]]], None] = lambda *a: None) -> LocalCounts:
+          on_keyed: Callable[[int, list[tuple[str, int, int]]], None] = lambda *a: None,
+          on_posted: Callable[[str, dict[str, int]], None] = lambda *a: None) -> LocalCounts:
     """Declare the regrouped topic, the table and the two agents on app; on_messages(room, partition,
     [(offset, timestamp)]) is told of the messages route_by_user routes (the room directory tallies
     them, the room index adds them), on_keyed(partition, [(id, offset, timestamp)]) of the keyed ones
     (the durable idempotency keys), then on_progress(partition, offset) of the last record routed,
-    within the event context of their batch."""
+    within the event context of their batch; on_posted(user, {room: offset}) of the rooms a user posted
+    in, within the event context of the user's partition."""
     settings = app.settings
     by_user_topic = app.raw_topic(f"{settings.topic}-by-user")
     table = app.small_table(TABLE)
     local = LocalCounts(table)
 
-    async def send(user: str, partition: int, offsets: list[int]) -> None:
-        await by_user_topic.send(key=user.encode(),
-                                 value=orjson.dumps({"user": user, "partition": partition, "offsets": offsets}))
+    async def send(user: str, partition: int, offsets: list[int], rooms: dict[str, int]) -> None:
+        await by_user_topic.send(key=user.encode(), value=orjson.dumps(
+            {"user": user, "partition": partition, "offsets": offsets, "rooms": rooms}))
 
     def committed(partition: int) -> int | None:
         # Where Faust resumed the partition after its last assignment (it seeks there).
         return app.consumer._committed_offset.get(TP(settings.topic, partition))
 
-    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, on_messages, on_progress, on_keyed)
+    router = Router(send, lambda p: app.hub.judge(p), settings.default_room, settings.partitions, on_messages,
+                    on_progress, on_keyed)
     in_order = InOrder("counting", router.route, lambda p, start, stop: app.hub.reader.read(p, start, stop),
                        committed)
 
@@ -236,9 +251,12 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
                     for event in group:
                         m = event.message
                         await tally_in_order.take(partition, m.offset, int(m.timestamp * 1000), event.value)
-                    for user, state in tally.drain().items():
+                    changed, posted = tally.drain()
+                    for user, state in changed.items():
                         table[user] = state
                         local.set(user, state["count"])
+                    for user, rooms in posted.items():
+                        on_posted(user, rooms)
 
     def forget() -> None:
         local.invalidate()  # the table may have changed under the snapshot

@@ -198,21 +198,27 @@ class Publisher(mode.Service):
                                           producer.stop)
 
     async def publish(self, room: str, value: bytes) -> RecordMetadata:
+        began = time.perf_counter()
+        meta = await self.send(self.settings.topic, value, key=room.encode())
+        self.metrics.publish_latency.observe(time.perf_counter() - began)
+        return meta
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None) -> RecordMetadata:
+        """One record, acknowledged by the brokers (acks=all) within the publish timeout, or KafkaUnavailable."""
         if self._producer is None:
             raise KafkaUnavailable("not connected to the Kafka brokers yet")
-        began = time.perf_counter()
         try:
             # asyncio.timeout, unlike wait_for, wraps nothing in a task of its own: it is on
             # the path of every publish.
             async with asyncio.timeout(self.settings.publish_timeout):
-                meta = await self._producer.send_and_wait(self.settings.topic, value, key=room.encode())
+                meta = await self._producer.send_and_wait(topic, value, key=key, partition=partition)
         except TimeoutError:
             raise KafkaUnavailable(
                 f"the brokers did not acknowledge within {self.settings.publish_timeout:g}s"
             ) from None
         except KafkaError as exc:
             raise KafkaUnavailable(f"the brokers refused the message ({exc.__class__.__name__})") from None
-        self.metrics.publish_latency.observe(time.perf_counter() - began)
         return meta
 
 
@@ -377,6 +383,11 @@ class LogReader:
     async def close(self) -> None:  # the pooled consumers
         while self._idle:
             await stop_consumer(self._idle.pop())
+
+    async def end_offset(self, partition: int, topic: str | None = None) -> int:
+        tp = TopicPartition(topic or self.settings.topic, partition)
+        async with self._consumer() as consumer:
+            return (await consumer.end_offsets([tp]))[tp]
 
     async def bounds(self, partition: int) -> tuple[int, int]:
         tp = TopicPartition(self.settings.topic, partition)

@@ -32,7 +32,11 @@ class ValidationError(ValueError):
         self.message = message
 
 
-class KeyReused(ValidationError):
+class Unprocessable(ValidationError):
+    """Well-formed, but it does not fit what it refers to (422)."""
+
+
+class KeyReused(Unprocessable):
     """An Idempotency-Key sent again with another message (422)."""
 
 

@@ -54,9 +54,10 @@ def _error(description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {400: "Invalid input (the body says which field)", 401: "Missing or invalid token (auth on)",
-            403: "The token's user differs from the message's user", 404: "No such resource",
+            403: "The token's user differs from the request's user, or the token does not give access to the room "
+                 "(its `rooms` claim)", 404: "No such resource",
             413: "Body too large", 415: "Wrong Content-Type",
-            422: "The Idempotency-Key was used for another message",
+            422: "The Idempotency-Key was used for another message; or the event id is not one of the room",
             429: "Per-user rate limit; see Retry-After",
             503: "Kafka or another worker did not answer in time; a publish is then NOT confirmed"}
     return {str(c): _error(text[c]) for c in codes}
@@ -140,6 +141,48 @@ def spec(settings: Settings) -> dict:
                                                       "timestamp": {"type": ["integer", "null"]}}}}}},
                                       **_errors(400, 401, 404, 503)}},
             },
+            "/api/rooms/{room}/read": {
+                "parameters": [ROOM],
+                "put": {"summary": "Mark the room read up to this event (a message or join/leave of the room) for the "
+                                   "user; answered after the brokers acknowledged it. A position only moves forward: "
+                                   "an older one changes nothing and is answered 204 too. With authentication, only "
+                                   "for the token's own user. A user's own post marks the room read up to it",
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ReadMark"}}}},
+                        "responses": {"204": {"description": "Marked (or already read further)"},
+                                      **_errors(400, 401, 403, 404, 413, 415, 422, 503)}},
+            },
+            "/api/rooms/{room}/count": {
+                "parameters": [ROOM],
+                "get": {"summary": "How many messages (not joins or leaves, not dropped copies) the room's log holds "
+                                   "after an event, and when the last was sent",
+                        "parameters": [{"name": "after", "in": "query", "required": False,
+                                        "description": "An event id of the room (absent: count them all)",
+                                        "schema": EVENT_ID}, SCOPE],
+                        "responses": {"200": {"description": "Count", "content": {"application/json": {
+                            "schema": {"type": "object", "required": ["room", "after", "count", "last_message_at"],
+                                       "properties": {"room": {"type": "string"}, "after": EVENT_ID,
+                                                      "count": {"type": "integer", "minimum": 0},
+                                                      "last_message_at": {"type": ["string", "null"],
+                                                                          "format": "date-time"}}}}}},
+                                      **_errors(400, 401, 403, 404, 503)}},
+            },
+            "/api/users/{user}/unread": {
+                "parameters": [{"name": "user", "in": "path", "required": True,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER}}],
+                "get": {"summary": "Every room the user has read or posted in, with its unread count: the messages "
+                                   "after the user's read position, exact (counted from the room index and the log). "
+                                   "With authentication, only the token's own user, and only the rooms it may enter",
+                        "parameters": [SCOPE],
+                        "responses": {"200": {"description": "Unread counts (with scope=local: the positions only, "
+                                                             "for the worker that asked)",
+                                              "content": {"application/json": {"schema": {"anyOf": [
+                            {"$ref": "#/components/schemas/Unread"},
+                            {"type": "object", "required": ["user", "positions"],
+                             "properties": {"user": {"type": "string"}, "positions": {
+                                 "type": "object", "additionalProperties": {"type": "integer"}}}}]}}}},
+                                      **_errors(400, 401, 403, 404, 503)}},
+            },
             "/api/rooms/{room}/events": {
                 "parameters": [ROOM],
                 "get": {"summary": "Server-Sent Events: event `message` (data = Message JSON), `join` and `leave` "
@@ -171,7 +214,7 @@ def spec(settings: Settings) -> dict:
                                 "type": "array", "items": {"$ref": "#/components/schemas/RoomActivity"}}}},
                             {"type": "object", "required": ["activity", "online"],
                              "properties": {"activity": {"type": "object"}, "online": {"type": "object"}}}]}}}},
-                            **_errors(400, 503)}},
+                            **_errors(400, 401, 503)}},
             },
             "/api/rooms/trending": {
                 "get": {"summary": "The busiest rooms over the last 10 minutes (at most 10)",
@@ -180,7 +223,7 @@ def spec(settings: Settings) -> dict:
                                        "properties": {"window_minutes": {"type": "integer"}, "rooms": {
                                            "type": "array",
                                            "items": {"$ref": "#/components/schemas/RoomActivity"}}}}}}},
-                            **_errors(503)}},
+                            **_errors(401, 503)}},
             },
             "/api/topics/{topic}": {
                 "parameters": [{"name": "topic", "in": "path", "required": True,
@@ -270,6 +313,17 @@ def spec(settings: Settings) -> dict:
                                                 "messages_last_hour": {"type": "integer", "minimum": 0},
                                                 "last_message_at": {"type": ["string", "null"], "format": "date-time"},
                                                 "online": {"type": "integer", "minimum": 0}}},
+                "ReadMark": {"type": "object", "required": ["user", "event_id"], "additionalProperties": False,
+                             "properties": {"user": {"type": "string", "minLength": 1, "maxLength": MAX_USER},
+                                            "event_id": {"type": "string",
+                                                         "pattern": f"^{STORED_EVENT_ID_PATTERN}$"}}},
+                "Unread": {"type": "object", "required": ["user", "rooms"],
+                           "properties": {"user": {"type": "string"}, "rooms": {"type": "array", "items": {
+                               "type": "object", "required": ["room", "last_read", "unread", "last_message_at"],
+                               "properties": {"room": {"type": "string"}, "last_read": EVENT_ID,
+                                              "unread": {"type": "integer", "minimum": 0},
+                                              "last_message_at": {"type": ["string", "null"],
+                                                                  "format": "date-time"}}}}}},
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}, "field": {"type": "string"}}},
                 "Readiness": {"type": "object", "required": ["ready"],

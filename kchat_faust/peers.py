@@ -19,7 +19,7 @@ import orjson
 from aiohttp import ClientError, ClientTimeout
 from faust.types import TP
 
-from . import keys, presence, rooms
+from . import auth, keys, presence, reads, rooms
 from .counting import TABLE
 from .models import partition_for
 
@@ -49,7 +49,7 @@ def _peer_headers(app: "KchatApp") -> dict:
     secret = app.settings.jwt_secret
     if not secret:
         return {}
-    token = jwt.encode({"sub": PEER_SUBJECT, "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    token = jwt.encode({"sub": PEER_SUBJECT, "peer": True, "exp": int(time.time()) + 60}, secret, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -150,11 +150,16 @@ async def room_presence(app: "KchatApp", room: str) -> dict:
                              lambda: local_presence(app, room))
 
 
-def local_rooms(app: "KchatApp") -> dict:
-    """This worker's share of the directory: activity and attendance of the rooms it holds."""
+def local_rooms(app: "KchatApp", token: auth.Token | None = None) -> dict:
+    """This worker's share of the directory: activity and attendance of the rooms it holds (that the
+    token may see)."""
     online = {room: len(listed["users"]) + listed["anonymous"]
               for room, listed in presence.listings(app.presence_table)}
-    return {"activity": app.rooms.snapshot(), "online": online}
+    activity = app.rooms.snapshot()
+    if token is not None and token.rooms is not None:
+        activity = {room: state for room, state in activity.items() if token.may_enter(room)}
+        online = {room: n for room, n in online.items() if token.may_enter(room)}
+    return {"activity": activity, "online": online}
 
 
 async def directory(app: "KchatApp", now_ms: int) -> list[dict]:
@@ -202,3 +207,22 @@ async def keyed_message(app: "KchatApp", room: str, msg_id: str) -> dict | None:
     if not isinstance(found, dict) or not isinstance(found.get("offset"), int):
         return None
     return await app.hub.message_at(partition_for(room, app.settings.partitions), found["offset"])
+
+
+async def local_positions(app: "KchatApp", user: str) -> dict:
+    """The user's read positions {room: offset} from this worker's share, once every mark published
+    before the question is applied; NotOwner unless this worker holds the user's partition."""
+    partition = partition_for(user, app.settings.partitions)
+    require_holder(app, app.reads.table, partition, f"the read positions of {user!r}")
+    await app.reads.caught_up(partition)
+    return {"user": user, "positions": app.reads.positions(user)}
+
+
+async def read_positions(app: "KchatApp", user: str) -> dict[str, int]:
+    """local_positions, from the worker that holds the user's partition."""
+    body = await from_owner(app, reads.TABLE, user, f"/api/users/{quote(user, safe='')}/unread",
+                            lambda: local_positions(app, user))
+    positions = body.get("positions") if isinstance(body, dict) else None
+    if not isinstance(positions, dict) or not all(isinstance(o, int) for o in positions.values()):
+        raise PeerUnavailable("a worker gave read positions in a form this worker does not know")
+    return positions

@@ -48,17 +48,27 @@ async def page(app: "KchatApp", room: str, limit: int, before: int | None = None
     if since_ms is not None:
         params["since"] = str(since_ms)
     latest = before is None and since_ms is None
-    deadline = time.monotonic() + (LATEST_OWNER_WAIT if latest else OWNER_WAIT)
+    try:
+        return await ask_holder(app, room, f"/api/rooms/{room}/messages",
+                                lambda: local_page(app, room, limit, before, since_ms), params,
+                                LATEST_OWNER_WAIT if latest else OWNER_WAIT)
+    except (peers.PeerUnavailable, peers.NotOwner):
+        if not latest:
+            raise
+    # The room's latest messages (what a page shows on opening) from the log's end instead.
+    return await latest_from_log(app.hub, app.settings.default_room, room,
+                                 partition_for(room, app.settings.partitions), limit)
+
+
+async def ask_holder(app: "KchatApp", room: str, path: str, local, params: dict, wait: float):
+    """peers.from_owner for the room index's holder. While the group moves that partition (a worker joined,
+    left or restarted) nobody holds it for a few seconds: ask again until `wait` has passed."""
+    deadline = time.monotonic() + wait
     while True:
         try:
-            return await peers.from_owner(app, roomindex.TABLE, room, f"/api/rooms/{room}/messages",
-                                          lambda: local_page(app, room, limit, before, since_ms), params)
+            return await peers.from_owner(app, roomindex.TABLE, room, path, local, params)
         except (peers.PeerUnavailable, peers.NotOwner):
             if time.monotonic() + OWNER_RETRY > deadline:
-                if latest:
-                    # The room's latest messages (what a page shows on opening) from the log's end instead.
-                    return await latest_from_log(app.hub, app.settings.default_room, room,
-                                                 partition_for(room, app.settings.partitions), limit)
                 raise
         await asyncio.sleep(OWNER_RETRY)
 
@@ -89,24 +99,41 @@ async def local_page(app: "KchatApp", room: str, limit: int, before: int | None 
                             before, since_ms)
 
 
-async def build_page(hub: "Hub", index: roomindex.LocalIndex, default_room: str, room: str, partition: int,
-                     limit: int, before: int | None = None, since_ms: int | None = None) -> dict:
-    reader = hub.reader
-    begin, end = await reader.bounds(partition)
+class RoomLog:
+    """A room's messages in its partition, numbered 0 ... total - 1: the index's, then the tail's."""
+
+    def __init__(self, begin: int, end: int, view: roomindex.View, tail: list[int]) -> None:
+        self.begin, self.end, self.view, self.tail = begin, end, view, tail
+        self.total = view.n + len(tail)
+
+    def position(self, offset: int) -> int:
+        """How many of the room's messages lie before `offset`."""
+        if self.tail and offset > self.tail[0]:
+            return self.view.n + bisect_left(self.tail, offset)
+        return self.view.position(offset)  # every indexed offset is below the tail's
+
+    def offsets(self, start: int, stop: int) -> list[int]:
+        """The offsets of the room's messages number start ... stop - 1."""
+        n = self.view.n
+        start, stop = max(0, start), min(stop, self.total)
+        return self.view.offsets(start, min(stop, n)) + self.tail[max(0, start - n):max(0, stop - n)]
+
+
+async def room_log(hub: "Hub", index: roomindex.LocalIndex, default_room: str, room: str,
+                   partition: int) -> RoomLog:
+    begin, end = await hub.reader.bounds(partition)
     view = index.view(room)
     indexed = view.offsets(view.n - 1, view.n)
     tail = await _unindexed(hub, default_room, room, partition,
                             max(index.indexed_up_to(partition), *indexed, begin - 1) + 1, end)
-    total = view.n + len(tail)
+    return RoomLog(begin, end, view, tail)
 
-    def position(offset: int) -> int:  # how many of the room's messages lie before `offset`
-        if tail and offset > tail[0]:
-            return view.n + bisect_left(tail, offset)
-        return view.position(offset)  # every indexed offset is below the tail's
 
-    def offsets(start: int, stop: int) -> list[int]:
-        start, stop = max(0, start), min(stop, total)
-        return view.offsets(start, min(stop, view.n)) + tail[max(0, start - view.n):max(0, stop - view.n)]
+async def build_page(hub: "Hub", index: roomindex.LocalIndex, default_room: str, room: str, partition: int,
+                     limit: int, before: int | None = None, since_ms: int | None = None) -> dict:
+    reader = hub.reader
+    log = await room_log(hub, index, default_room, room, partition)
+    begin, end, total, position, offsets = log.begin, log.end, log.total, log.position, log.offsets
 
     if since_ms is not None:
         start = position(await reader.offset_at(partition, since_ms))
@@ -131,6 +158,26 @@ async def build_page(hub: "Hub", index: roomindex.LocalIndex, default_room: str,
     more_after = stop < total
     body["last_event_id"] = messages[-1]["event_id"] if more_after and messages else event_id(partition, end - 1)
     return body
+
+
+async def local_count_after(app: "KchatApp", room: str, after: int) -> dict:
+    """How many of the room's messages the log holds after offset `after` (not joins or leaves, not copies),
+    and when its last one was sent, from this worker's share of the index (NotOwner if it does not hold it)."""
+    partition = partition_for(room, app.settings.partitions)
+    peers.require_holder(app, app.room_index.table, partition, f"the history of {room!r}")
+    log = await room_log(app.hub, app.room_index, app.settings.default_room, room, partition)
+    last = [o for o in log.offsets(log.total - 1, log.total) if o >= log.begin]
+    messages = await _read(app.hub, app.settings.default_room, partition, last, room)
+    return {"room": room, "after": event_id(partition, after),
+            "count": log.total - log.position(max(after + 1, log.begin)),
+            "last_message_at": messages[-1]["sent_at"] if messages else None}
+
+
+async def count_after(app: "KchatApp", room: str, after: int) -> dict:
+    """local_count_after, from whichever worker holds the room's index."""
+    return await ask_holder(app, room, f"/api/rooms/{room}/count",
+                            lambda: local_count_after(app, room, after),
+                            {"after": event_id(partition_for(room, app.settings.partitions), after)}, OWNER_WAIT)
 
 
 async def _unindexed(hub: "Hub", default_room: str, room: str, partition: int, start: int, end: int) -> list[int]:

@@ -17,11 +17,11 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 from faust.web import Blueprint, View
 
-from . import peers, rooms, scrollback
-from .auth import check_author, token_subject
+from . import auth, peers, rooms, scrollback, unread
+from .auth import check_author
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
-from .models import (KeyReused, ValidationError, check_idempotency_key, check_room, check_user, encode,
+from .models import (KeyReused, Unprocessable, ValidationError, check_idempotency_key, check_room, check_user, encode,
                      message_json, new_message, parse_compat_body, parse_event_id, parse_time)
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,14 @@ def error(status: int, message: str, **extra) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
+class Refused(Exception):
+    """A request refused before anything is done, with its status (web.json_errors answers it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 class KchatView(View):
     """A view of this app: its settings and services are the app's."""
 
@@ -49,6 +57,25 @@ class KchatView(View):
 
 
 # -- publish -------------------------------------------------------------------------
+async def json_object(request: web.Request, fields: tuple[str, ...]) -> dict:
+    """The body: a JSON object with these fields and no others."""
+    if request.content_type != "application/json":
+        raise Refused(415, "Content-Type must be application/json")
+    try:
+        body = json.loads(await read_text_body(request))
+    except json.JSONDecodeError as exc:
+        raise Refused(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "body must be a JSON object {" + ", ".join(f'"{f}": ...' for f in fields) + "}")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise Refused(400, f"unknown field(s): {', '.join(unknown)}")
+    for field in fields:
+        if field not in body:
+            raise ValidationError(field, "is required")
+    return body
+
+
 async def read_text_body(request: web.Request) -> str:
     raw = await request.read()  # aiohttp refuses bodies above client_max_size with 413
     try:
@@ -64,7 +91,9 @@ async def store(view: KchatView, request: web.Request, room: str, user, text) ->
     key = request.headers.get("Idempotency-Key")
     msg = new_message(room, user, text, app.settings.max_text,
                       check_idempotency_key(key) if key is not None else None)
-    check_author(token_subject(request, app.settings.jwt_secret), msg.user)
+    found = auth.token(request, app.settings.jwt_secret)
+    check_author(found, msg.user)
+    auth.check_room(found, room)
     if key is not None:
         # The window in memory first; behind it the keys kept for the retention.
         stored = await app.hub.stored(room, msg.id) or await peers.keyed_message(app, room, msg.id)
@@ -115,20 +144,7 @@ class RoomMessages(KchatView):
     @counts_publish
     async def post(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
-        if request.content_type != "application/json":
-            return error(415, "Content-Type must be application/json")
-        try:
-            body = json.loads(await read_text_body(request))
-        except json.JSONDecodeError as exc:
-            return error(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
-        if not isinstance(body, dict):
-            return error(400, 'body must be a JSON object {"user": ..., "text": ...}')
-        unknown = sorted(set(body) - {"user", "text"})
-        if unknown:
-            return error(400, f"unknown field(s): {', '.join(unknown)}")
-        for field in ("user", "text"):
-            if field not in body:
-                raise ValidationError(field, "is required")
+        body = await json_object(request, ("user", "text"))
         stored, again = await store(self, request, room, body["user"], body["text"])
         response = fast_json(stored, status=201)
         if again:
@@ -137,7 +153,7 @@ class RoomMessages(KchatView):
 
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
-        token_subject(request, self.settings.jwt_secret)
+        auth.check_room(auth.token(request, self.settings.jwt_secret), room)
         raw = request.query.get("limit", str(DEFAULT_HISTORY))
         try:
             limit = int(raw)
@@ -155,13 +171,15 @@ class RoomMessages(KchatView):
         return fast_json(await scrollback.page(self.app, room, limit, before, since_ms))
 
 
-def room_event(view: KchatView, room: str, token: str | None, field: str) -> int | None:
-    """The offset of an event id of the room's partition (None if absent)."""
+def room_event(view: KchatView, room: str, token: str | None, field: str, status: int = 400) -> int | None:
+    """The offset of an event id of the room's partition (None if absent); a well-formed id of another
+    partition is a 400, or the given status."""
     if token is None:
         return None
     partition, offset = parse_event_id(token, field)
     if partition != view.app.hub.partition_for(room) or offset < 0:
-        raise ValidationError(field, f"{token!r} is not an event of room {room!r}")
+        refusal = Unprocessable if status == 422 else ValidationError
+        raise refusal(field, f"{token!r} is not an event of room {room!r}")
     return offset
 
 
@@ -208,7 +226,9 @@ async def stream_events(view: KchatView, request: web.Request, room: str, compat
     since_ms = parse_time(since) if since is not None and after is None else None
     # Who is watching: the token's user when authentication is on, else whom ?user= names;
     # without either the stream is anonymous (counted in the room's presence, not listed).
-    subject = token_subject(request, settings.jwt_secret)
+    found = auth.token(request, settings.jwt_secret)
+    auth.check_room(found, room)
+    subject = found.sub if found is not None else None
     named = request.query.get("user")
     if subject is not None and named is not None and named != subject:
         raise ValidationError("user", f"this token belongs to {subject!r}")
@@ -269,23 +289,25 @@ def now_ms() -> int:
 @blueprint.route("/api/rooms", name="rooms")
 class Rooms(KchatView):
     async def get(self, request: web.Request) -> web.Response:
+        found = auth.token(request, self.settings.jwt_secret)
         if _local_scope(request):
-            return fast_json(peers.local_rooms(self.app))
-        return fast_json({"rooms": await peers.directory(self.app, now_ms())})
+            return fast_json(peers.local_rooms(self.app, found))
+        return fast_json({"rooms": auth.visible(found, await peers.directory(self.app, now_ms()))})
 
 
 @blueprint.route("/api/rooms/trending", name="trending")
 class Trending(KchatView):
     async def get(self, request: web.Request) -> web.Response:
-        return fast_json({"window_minutes": rooms.TRENDING_WINDOWS,
-                          "rooms": rooms.trending(await peers.directory(self.app, now_ms()))})
+        found = auth.token(request, self.settings.jwt_secret)
+        listed = auth.visible(found, await peers.directory(self.app, now_ms()))
+        return fast_json({"window_minutes": rooms.TRENDING_WINDOWS, "rooms": rooms.trending(listed)})
 
 
 @blueprint.route("/api/rooms/{room}/presence", name="room_presence")
 class RoomPresence(KchatView):
     async def get(self, request: web.Request, room: str) -> web.Response:
         check_room(room)
-        token_subject(request, self.settings.jwt_secret)
+        auth.check_room(auth.token(request, self.settings.jwt_secret), room)
         if _local_scope(request):
             return fast_json({"room": room, **peers.local_presence(self.app, room)})
         return fast_json({"room": room, **await peers.room_presence(self.app, room)})
@@ -297,7 +319,7 @@ class RoomKey(KchatView):
 
     async def get(self, request: web.Request, room: str, msg_id: str) -> web.Response:
         check_room(room)
-        token_subject(request, self.settings.jwt_secret)
+        auth.check_room(auth.token(request, self.settings.jwt_secret), room)
         if not KEYED_ID.fullmatch(msg_id):
             raise ValidationError("msg_id", "is not the id of a message published with an Idempotency-Key")
         local = _local_scope(request)
@@ -305,6 +327,47 @@ class RoomKey(KchatView):
         if found.get("offset") is None and not local:  # between workers "none" is an answer, not an error
             return error(404, f"no message with id {msg_id!r} in room {room!r} within the retention")
         return web.json_response({"room": room, "id": msg_id, **found})
+
+
+# -- read positions and unread counts ----------------------------------------------------
+@blueprint.route("/api/rooms/{room}/read", name="room_read")
+class RoomRead(KchatView):
+    async def put(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        body = await json_object(request, ("user", "event_id"))
+        user = check_user(body["user"])
+        found = auth.token(request, self.settings.jwt_secret)
+        check_author(found, user, "mark read for")
+        auth.check_room(found, room)
+        offset = room_event(self, room, body["event_id"], "event_id", status=422)
+        await unread.mark_read(self.app, user, room, offset)
+        return web.Response(status=204)
+
+
+@blueprint.route("/api/rooms/{room}/count", name="room_count")
+class RoomCount(KchatView):
+    """How many messages the room has after an event (all of them without `after`)."""
+
+    async def get(self, request: web.Request, room: str) -> web.Response:
+        check_room(room)
+        auth.check_room(auth.token(request, self.settings.jwt_secret), room)
+        after = room_event(self, room, request.query.get("after"), "after")
+        after = -1 if after is None else after
+        if _local_scope(request):
+            return fast_json(await scrollback.local_count_after(self.app, room, after))
+        return fast_json(await scrollback.count_after(self.app, room, after))
+
+
+@blueprint.route("/api/users/{user}/unread", name="user_unread")
+class UserUnread(KchatView):
+    async def get(self, request: web.Request, user: str) -> web.Response:
+        check_user(user)
+        found = auth.token(request, self.settings.jwt_secret)
+        if found is not None and not found.peer:
+            check_author(found, user, "read the unread counts of")
+        if _local_scope(request):
+            return fast_json(await peers.local_positions(self.app, user))
+        return fast_json(await unread.unread(self.app, user, found))
 
 
 # -- per-user counts ------------------------------------------------------------------

@@ -10,10 +10,11 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 from . import openapi, page, views
 from .auth import AuthError
 from .kafka_io import KafkaUnavailable
-from .models import KeyReused, ValidationError
+from .models import Unprocessable, ValidationError
+from .reads import ReadsBehind
 from .peers import NotOwner, PeerUnavailable
 from .ratelimit import TooManyRequests
-from .views import error
+from .views import Refused, error
 
 if TYPE_CHECKING:
     from .app import KchatApp
@@ -24,8 +25,10 @@ async def json_errors(request: web.Request, handler):
     """Every refusal, also aiohttp's own (404, 405, 413), answers with a JSON body."""
     try:
         return await handler(request)
-    except KeyReused as exc:
+    except Unprocessable as exc:
         return error(422, f"{exc.field} {exc.message}", field=exc.field)
+    except Refused as exc:
+        return error(exc.status, exc.message)
     except ValidationError as exc:
         return error(400, exc.message, field=exc.field)
     except AuthError as exc:
@@ -37,7 +40,7 @@ async def json_errors(request: web.Request, handler):
         resp = error(429, str(exc))
         resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
-    except (KafkaUnavailable, PeerUnavailable, NotOwner) as exc:
+    except (KafkaUnavailable, PeerUnavailable, NotOwner, ReadsBehind) as exc:
         return error(503, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:

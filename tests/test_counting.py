@@ -105,7 +105,7 @@ async def test_a_replay_is_handed_on_again_and_moves_nothing_back():
 
 async def test_the_router_routes_messages_only():
     from kchat_faust.counting import Router
-    from kchat_faust.models import encode, encode_presence, new_message
+    from kchat_faust.models import encode, encode_presence, new_message, partition_for
 
     class Copies:
         async def is_copy(self, offset, timestamp, msg_id):
@@ -113,21 +113,25 @@ async def test_the_router_routes_messages_only():
 
     sent, tallied = [], []
 
-    async def send(user, partition, offsets):
-        sent.append((user, offsets))
+    async def send(user, partition, offsets, rooms):
+        sent.append((user, offsets, rooms))
 
-    r = Router(send, lambda p: Copies(), "lobby", lambda room, p, msgs: tallied.append((room, msgs)))
-    await r.route(0, 0, 0, encode(new_message("lobby", "ann", "hi", 4000)))
-    await r.route(0, 1, 0, encode_presence("kx", "join", "lobby", "ann", 0))  # a join counts for nothing
-    await r.route(0, 2, 0, encode(new_message("lobby", "ann", "copy", 4000)))  # a copy: not routed
-    await r.route(0, 3, 5, b"bob: hello from the console producer")
-    await r.route(0, 4, 6, encode(new_message("lobby", "ann", "again", 4000)))
+    lobby = partition_for("lobby", 12)
+    r = Router(send, lambda p: Copies(), "lobby", 12, lambda room, p, msgs: tallied.append((room, msgs)))
+    await r.route(lobby, 0, 0, encode(new_message("lobby", "ann", "hi", 4000)))
+    await r.route(lobby, 1, 0, encode_presence("kx", "join", "lobby", "ann", 0))  # a join counts for nothing
+    await r.route(lobby, 2, 0, encode(new_message("lobby", "ann", "copy", 4000)))  # a copy: not routed
+    await r.route(lobby, 3, 5, b"bob: hello from the console producer")
+    await r.route(lobby, 4, 6, encode(new_message("lobby", "ann", "again", 4000)))
+    await r.route(lobby + 1, 0, 7, b"cy: a console line of another partition, shown in the lobby")
     assert sent == []  # nothing goes out before the batch ends
     await r.flush()
-    assert sent == [("ann", [0, 4]), ("bob", [3])]  # one record per user per batch
-    assert tallied == [("lobby", [(0, 0), (3, 5), (4, 6)])]
+    # one record per user per batch, with the last post per room: read up to there (not for a line
+    # that is not in the room's partition)
+    assert sent == [("ann", [0, 4], {"lobby": 4}), ("bob", [3], {"lobby": 3}), ("cy", [0], {})]
+    assert tallied == [("lobby", [(0, 0), (3, 5), (4, 6)]), ("lobby", [(0, 7)])]
     await r.flush()
-    assert len(sent) == 2  # nothing twice
+    assert len(sent) == 3  # nothing twice
 
 
 async def test_a_by_user_record_faust_skipped_is_counted_from_the_log():
@@ -140,8 +144,8 @@ async def test_a_by_user_record_faust_skipped_is_counted_from_the_log():
     from kchat_faust.inorder import InOrder
 
     records = {0: {"user": "ann", "partition": 3, "offsets": [10, 12]},
-               1: {"user": "ann", "partition": 3, "offsets": [15]},
-               2: {"user": "ann", "partition": 3, "offsets": [18, 19]},
+               1: {"user": "ann", "partition": 3, "offsets": [15], "rooms": {"dev": 15}},
+               2: {"user": "ann", "partition": 3, "offsets": [18, 19], "rooms": {"ops": 18}},
                3: "not ours"}
     log = {o: orjson.dumps(r) for o, r in records.items()}
     table: dict = {}
@@ -154,8 +158,10 @@ async def test_a_by_user_record_faust_skipped_is_counted_from_the_log():
     order = InOrder("test", tally.take, read, {1: 0}.get)
     for offset in (0, 2, 3):  # Faust dropped offset 1
         await order.take(1, offset, 0, log[offset])
-    table.update(tally.drain())
+    changed, posted = tally.drain()
+    table.update(changed)
     assert table == {"ann": {"count": 5, "seen": {"3": 19}}}
+    assert posted == {"ann": {"dev": 15, "ops": 18}}  # the rooms ann posted in, read up to her post
     for offset in (1, 2):  # and delivers it again after the next rebalance: counted once only
         await order.take(1, offset, 0, log[offset])
-    assert tally.drain() == {}
+    assert tally.drain()[0] == {}
