@@ -339,6 +339,8 @@ class RoomRead(KchatView):
         found = auth.token(request, self.settings.jwt_secret)
         check_author(found, user, "mark read for")
         auth.check_room(found, room)
+        if not isinstance(body["event_id"], str):
+            raise ValidationError("event_id", "must be an event id (a string)")
         offset = room_event(self, room, body["event_id"], "event_id", status=422)
         await unread.mark_read(self.app, user, room, offset)
         return web.Response(status=204)

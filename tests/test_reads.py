@@ -172,6 +172,7 @@ async def test_read_marks_refuse_bad_input_and_change_nothing(kchat_worker):
             (400, dict(json={"user": "", "event_id": first["event_id"]})),
             (400, dict(json={"user": user, "event_id": "yesterday"})),
             (400, dict(json={"user": user, "event_id": 7})),
+            (400, dict(json={"user": user, "event_id": None})),
             (422, dict(json={"user": user, "event_id": elsewhere["event_id"]})),  # another room's partition
             (422, dict(json={"user": user, "event_id": neighbour["event_id"]})),  # another room, same partition
             (422, dict(json={"user": user, "event_id": f"{first['partition']}:{first['offset'] + 10**9}"})),
