@@ -335,6 +335,12 @@ def test_chat_between_two_terminals(kchat_worker):
     finally:
         a.close(force=True)
         b.close(force=True)
+    # Each marked read what it showed: nothing unread, read up to the last message at least.
+    last = httpx.get(f"{url}/api/rooms/{room}/messages", params={"limit": 1}).json()["messages"][-1]
+    for user in ("A", "B"):
+        mine = {r["room"]: r for r in httpx.get(f"{url}/api/users/{user}/unread").json()["rooms"]}
+        assert mine[room]["unread"] == 0, mine
+        assert int(mine[room]["last_read"].split(":")[1]) >= last["offset"], (mine, last)
 
 
 @kafka
@@ -368,6 +374,27 @@ def test_who_and_rooms_show_the_people_and_the_activity(kchat_worker):
         listener.wait()
     empty = kchat(url, "who", "--room", unique("nobody"))
     assert empty.returncode == 0 and empty.stdout.strip() == "nobody is here"
+
+
+@kafka
+def test_rooms_with_a_user_shows_what_they_have_not_read(kchat_worker):
+    url, room, quiet = kchat_worker.url, unique("unread"), unique("quiet")
+    reader = unique("reader")
+    first = send_json(url, room, "ann", "one")
+    send_lines(url, room, "ann", ["two", "three"])
+    seen = send_json(url, quiet, "ann", "only")
+    for r, event in ((room, first), (quiet, seen)):
+        put = httpx.put(f"{url}/api/rooms/{r}/read", json={"user": reader, "event_id": event["event_id"]})
+        assert put.status_code == 204, put.text
+    listed = kchat(url, "rooms", "--user", reader)
+    assert listed.returncode == 0, listed.stderr
+    head, *rows = listed.stdout.splitlines()
+    assert "UNREAD" in head.split()
+    unread = {row.split()[0]: row.split()[5] for row in rows}  # ROOM, 4 activity columns, UNREAD
+    assert (unread[room], unread[quiet]) == ("2", "0"), listed.stdout
+    assert all(v == "-" for r, v in unread.items() if r not in (room, quiet)), listed.stdout  # never read there
+    plain = kchat(url, "rooms")
+    assert "UNREAD" not in plain.stdout.splitlines()[0]
 
 
 # -- stats ----------------------------------------------------------------------------------

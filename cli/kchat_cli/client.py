@@ -217,6 +217,20 @@ class Client:
         body = await self._request("GET", "/api/rooms/trending" if trending else "/api/rooms")
         return list(body.get("rooms", []))
 
+    async def unread(self, user: str) -> dict[str, dict[str, Any]]:
+        """room -> {"room", "last_read", "unread", "last_message_at"} for the rooms the user read or posted in."""
+        body = await self._request("GET", f"/api/users/{quote(user, safe='')}/unread")
+        return {r["room"]: r for r in body.get("rooms", [])}
+
+    async def mark_read(self, room: str, user: str, event_id: str) -> None:
+        """Mark the room read up to this event for the user (a position never moves back)."""
+        try:
+            response = await self._http.put(self._room_path(room, "read"), json={"user": user, "event_id": event_id})
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        if not response.is_success:
+            raise _http_error(response)
+
     async def presence(self, room: str) -> dict[str, Any]:
         return await self._request("GET", self._room_path(room, "presence"))
 

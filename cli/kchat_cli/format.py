@@ -32,14 +32,21 @@ def stats_table(counts: dict[str, int], top: int | None = None) -> list[str]:
     return lines
 
 
-def rooms_table(rooms: list[dict[str, Any]]) -> list[str]:
+def rooms_table(rooms: list[dict[str, Any]], unread: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The directory; with `unread` (a user's, by room) an UNREAD column: "-" where the user never read
+    or posted."""
     width = max([len("ROOM")] + [len(str(r.get("room"))) for r in rooms])
-    lines = [f"{'ROOM':<{width}}  LAST MIN  LAST 10 MIN  LAST HOUR  ONLINE  LAST MESSAGE"]
+    head = f"{'ROOM':<{width}}  LAST MIN  LAST 10 MIN  LAST HOUR  ONLINE"
+    lines = [head + ("  UNREAD" if unread is not None else "") + "  LAST MESSAGE"]
     for r in rooms:
         last = clock(r["last_message_at"]) if r.get("last_message_at") else "-"
-        lines.append(f"{r.get('room'):<{width}}  {r.get('messages_last_minute', 0):>8}  "
-                     f"{r.get('messages_last_10_minutes', 0):>11}  {r.get('messages_last_hour', 0):>9}  "
-                     f"{r.get('online', 0):>6}  {last}")
+        line = (f"{r.get('room'):<{width}}  {r.get('messages_last_minute', 0):>8}  "
+                f"{r.get('messages_last_10_minutes', 0):>11}  {r.get('messages_last_hour', 0):>9}  "
+                f"{r.get('online', 0):>6}")
+        if unread is not None:
+            mine = unread.get(str(r.get("room")))
+            line += f"  {mine['unread'] if mine else '-':>6}"
+        lines.append(f"{line}  {last}")
     return lines
 
 

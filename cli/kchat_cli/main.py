@@ -272,19 +272,26 @@ def chat(settings: Settings, user: str, room: str) -> None:
 
 @cli.command()
 @click.option("--trending", is_flag=True, help="Only the busiest rooms of the last 10 minutes.")
+@click.option("--user", "-u", help="Add USER's unread messages per room (and the rooms USER read or posted in).")
 @click.pass_obj
-def rooms(settings: Settings, trending: bool) -> None:
+def rooms(settings: Settings, trending: bool, user: str | None) -> None:
     """List the rooms with messages or people: messages in the last minute, 10 minutes and hour,
-    who is online, the last message's time."""
-    async def fetch() -> list[dict[str, Any]]:
+    who is online, the last message's time; with --user, how many messages USER has not read."""
+    async def fetch() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]] | None]:
         async with settings.client() as client:
-            return await client.rooms(trending)
+            listed = await client.rooms(trending)
+            return listed, (await client.unread(user) if user is not None else None)
 
-    found = asyncio.run(fetch())
+    found, unread = asyncio.run(fetch())
+    if unread is not None and not trending:
+        # A room the user read in may be quiet now: list it anyway, with its unread count.
+        known = {r.get("room") for r in found}
+        found += [{"room": room, "last_message_at": u.get("last_message_at")}
+                  for room, u in sorted(unread.items()) if room not in known]
     if not found:
         out("no rooms yet" if not trending else "nothing trending")
         return
-    for line in rooms_table(found):
+    for line in rooms_table(found, unread):
         out(line)
 
 
