@@ -254,6 +254,53 @@ def test_who_is_online_joins_and_leaves_and_the_room_list(kchat_worker, open_pag
     assert a.page_errors == [] and a.csp_violations() == []
 
 
+def unread(base: str, user: str) -> dict[str, dict]:
+    r = httpx.get(f"{base}/api/users/{user}/unread", timeout=20)
+    assert r.status_code == 200, r.text
+    return {x["room"]: x for x in r.json()["rooms"]}
+
+
+def test_unread_badges_in_the_room_list_and_the_room_on_screen_is_read(kchat_worker, open_page):
+    base, here, there = kchat_worker.url, unique("onscreen"), unique("badge")
+    pat = unique("pat")
+    first = post(base, there, "someone", "before pat looked")
+    r = httpx.put(f"{base}/api/rooms/{there}/read", json={"user": pat, "event_id": first["event_id"]}, timeout=20)
+    assert r.status_code == 204, r.text
+    post(base, here, "someone", "already here")
+    p = open_page(base).join(pat, here)
+    for i in range(3):
+        post(base, there, "someone", f"while pat was elsewhere {i}")
+    # The other room has a badge with its unread count; the room on screen has none, and is read as it goes.
+    expect(p.page.locator(f'#rooms li[data-room="{there}"] .unread')).to_have_text("3")
+    last = post(base, here, "someone", "said while pat watches")
+    expect(p.texts.last).to_have_text("said while pat watches")
+    expect(p.page.locator(f'#rooms li[data-room="{here}"] .unread')).to_have_count(0)
+    until_read = {}
+
+    def read_here() -> bool:
+        until_read.update(unread(base, pat))
+        mine = until_read.get(here)
+        return bool(mine) and mine["unread"] == 0 and int(mine["last_read"].split(":")[1]) >= last["offset"]
+
+    for _ in range(120):  # the page marks read as it shows; the server answers what it was told
+        if read_here():
+            break
+        p.page.wait_for_timeout(500)
+    assert read_here(), until_read
+    screenshot(p.page, "page-unread-badges.png")
+    # Opening the other room reads it: its badge goes, and the server says nothing is unread there.
+    p.page.click(f'#rooms li[data-room="{there}"] button')
+    expect(p.page.locator("#where")).to_have_text(f"{pat} in {there}")
+    expect(p.texts.last).to_have_text("while pat was elsewhere 2")
+    for _ in range(120):
+        if unread(base, pat)[there]["unread"] == 0:
+            break
+        p.page.wait_for_timeout(500)
+    assert unread(base, pat)[there]["unread"] == 0
+    expect(p.page.locator("#rooms .unread")).to_have_count(0)
+    assert p.page_errors == [] and p.csp_violations() == []
+
+
 def test_markup_in_messages_is_shown_as_text(kchat_worker, open_page):
     room = unique("xss")
     p = open_page(kchat_worker.url).join(unique("viewer"), room)

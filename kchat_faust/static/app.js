@@ -1,5 +1,6 @@
 // kchat browser client: history, live messages and joins/leaves over EventSource with resume, send,
-// who is online, the rooms with their activity, counts.
+// who is online, the rooms with their activity and the user's unread counts, counts; the room on
+// screen is marked read.
 // Message data only ever reaches the DOM through textContent: never through innerHTML.
 "use strict";
 
@@ -17,6 +18,7 @@
     messages: $("messages"), send: $("send"), text: $("text"), sendButton: $("send-button"),
     error: $("error"), users: $("users"), usersNote: $("users-note"),
     online: $("online"), onlineNote: $("online-note"), rooms: $("rooms"), roomsNote: $("rooms-note"),
+    unreadNote: $("unread-note"),
   };
 
   // One joined room at a time; callbacks of an older session check `session !== s` and stop.
@@ -116,7 +118,31 @@
     if (s.lastOffset === null || offset > s.lastOffset) {
       s.lastOffset = offset;
       s.lastEventId = msg.event_id;
+      markRead(s);
     }
+  }
+
+  // -- read position -----------------------------------------------------------------------
+  // What is on screen while the tab is visible has been read: the server keeps the furthest
+  // position per user and room. One request at a time; the newest position goes next.
+  async function markRead(s) {
+    if (session !== s || s.marking || !s.lastEventId || s.lastEventId === s.readUpTo) return;
+    if (document.visibilityState !== "visible") return;
+    const eventId = s.lastEventId;
+    s.marking = true;
+    try {
+      const r = await fetch(roomUrl(s.room, "/read"), {
+        method: "PUT",
+        headers: authHeaders(s, { "Content-Type": "application/json" }),
+        body: JSON.stringify({ user: s.user, event_id: eventId }),
+      });
+      if (r.ok) s.readUpTo = eventId;
+    } catch (_) {
+      // offline: the next message or the next look at the tab tries again
+    } finally {
+      s.marking = false;
+    }
+    if (s.readUpTo === eventId) markRead(s);
   }
 
   async function loadHistory(s) {
@@ -269,30 +295,53 @@
 
   function refreshRooms(s) {
     poll(s, "rooms", "/api/rooms", (body) => {
-      // The busiest rooms, and the current one wherever it ranks.
-      const rooms = body.rooms || [];
-      const shown = rooms.slice(0, 30);
-      const current = rooms.find((r) => r.room === s.room);
-      if (current && !shown.includes(current)) shown.push(current);
-      ui.rooms.replaceChildren(...shown.map((room) => {
-        const li = document.createElement("li");
-        li.dataset.room = room.room;
-        if (room.room === s.room) li.classList.add("current");
-        const b = document.createElement("button");
-        b.type = "button";
-        b.title = room.messages_last_hour + " messages in the last hour";
-        const n = document.createElement("span");
-        n.className = "name";
-        n.textContent = room.room;
-        const a = document.createElement("span");
-        a.className = "activity";
-        a.textContent = room.messages_last_minute + "/min · " + room.online + " online";
-        b.append(n, a);
-        b.addEventListener("click", () => { if (room.room !== s.room) join(s.user, room.room, s.token); });
-        li.append(b);
-        return li;
-      }));
+      s.directory = body.rooms || [];
+      renderRooms(s);
     }, ui.roomsNote, "roomsTimer");
+    poll(s, "unread counts", "/api/users/" + encodeURIComponent(s.user) + "/unread", (body) => {
+      s.unread = new Map((body.rooms || []).map((r) => [r.room, r.unread]));
+      renderRooms(s);
+    }, ui.unreadNote, "unreadTimer");
+  }
+
+  function renderRooms(s) {
+    // The busiest rooms, the current one wherever it ranks, and those with something unread.
+    const rooms = s.directory || [];
+    const unread = s.unread || new Map();
+    const shown = rooms.slice(0, 30);
+    for (const room of rooms) {
+      if (!shown.includes(room) && (room.room === s.room || unread.get(room.room))) shown.push(room);
+    }
+    for (const [name, n] of unread) {
+      if (n && !rooms.some((r) => r.room === name)) shown.push({ room: name, messages_last_minute: 0, messages_last_hour: 0, online: 0 });
+    }
+    ui.rooms.replaceChildren(...shown.map((room) => {
+      const li = document.createElement("li");
+      li.dataset.room = room.room;
+      if (room.room === s.room) li.classList.add("current");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.title = room.messages_last_hour + " messages in the last hour";
+      const n = document.createElement("span");
+      n.className = "name";
+      n.textContent = room.room;
+      const a = document.createElement("span");
+      a.className = "activity";
+      a.textContent = room.messages_last_minute + "/min · " + room.online + " online";
+      b.append(n, a);
+      // The room on screen is being read: no badge for it.
+      const count = room.room === s.room ? 0 : unread.get(room.room) || 0;
+      if (count) {
+        const badge = document.createElement("span");
+        badge.className = "unread";
+        badge.title = count + " unread";
+        badge.textContent = count > 99 ? "99+" : String(count);
+        n.append(badge);
+      }
+      b.addEventListener("click", () => { if (room.room !== s.room) join(s.user, room.room, s.token); });
+      li.append(b);
+      return li;
+    }));
   }
 
   // -- sending ---------------------------------------------------------------------------
@@ -358,6 +407,7 @@
     leave();
     const s = {
       user, room, token, source: null, retryTimer: null, statsTimer: null, presenceTimer: null, roomsTimer: null,
+      unreadTimer: null, directory: [], unread: new Map(), marking: false, readUpTo: null,
       backoff: BACKOFF_MIN_MS, lastEventId: null, lastOffset: null, olderBefore: null, loadingOlder: false,
       seenIds: new Set(), seenOffsets: new Set(),
     };
@@ -400,6 +450,7 @@
     clearTimeout(s.statsTimer);
     clearTimeout(s.presenceTimer);
     clearTimeout(s.roomsTimer);
+    clearTimeout(s.unreadTimer);
     ui.chat.hidden = true;
     ui.join.hidden = false;
     ui.leave.hidden = true;
@@ -420,6 +471,7 @@
   });
 
   ui.leave.addEventListener("click", () => { leave(); ui.user.focus(); });
+  document.addEventListener("visibilitychange", () => { if (session) markRead(session); });
   ui.messages.addEventListener("scroll", () => { if (session && ui.messages.scrollTop < 40) loadOlder(session); });
 
   ui.send.addEventListener("submit", (ev) => {
