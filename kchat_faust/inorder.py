@@ -18,6 +18,22 @@ log = logging.getLogger(__name__)
 Handle = Callable[[int, int, int, "bytes | None"], Awaitable[None]]  # partition, offset, timestamp ms, value
 
 
+class Progress:
+    """How far a partition's records are applied: every one up to the stored offset. Kept under a
+    key of its own in the table whose state it describes, so a restore brings both back together."""
+
+    def __init__(self, table, key: Callable[[int], str]) -> None:
+        self.table, self.key = table, key
+
+    def up_to(self, partition: int) -> int:
+        marker = self.table.get(self.key(partition))
+        return -1 if marker is None else marker
+
+    def advance(self, partition: int, offset: int) -> None:
+        if offset > self.up_to(partition):
+            self.table[self.key(partition)] = offset
+
+
 class InOrder:
     def __init__(self, what: str, handle: Handle, read: Callable[[int, int, int], AsyncIterator],
                  committed: Callable[[int], int | None]) -> None:

@@ -63,6 +63,11 @@ def _errors(*codes: int) -> dict:
     return {str(c): _error(text[c]) for c in codes}
 
 
+def _json_or_local(description: str, answer: dict, local: dict) -> dict:
+    """A JSON answer that is `local` instead when asked with scope=local (between workers)."""
+    return {"description": description, "content": {"application/json": {"schema": {"anyOf": [answer, local]}}}}
+
+
 def _stream(description: str) -> dict:
     return {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
@@ -174,13 +179,12 @@ def spec(settings: Settings) -> dict:
                                    "after the user's read position, exact (counted from the room index and the log). "
                                    "With authentication, only the token's own user, and only the rooms it may enter",
                         "parameters": [SCOPE],
-                        "responses": {"200": {"description": "Unread counts (with scope=local: the positions only, "
-                                                             "for the worker that asked)",
-                                              "content": {"application/json": {"schema": {"anyOf": [
+                        "responses": {"200": _json_or_local(
+                            "Unread counts (with scope=local: the positions only, for the worker that asked)",
                             {"$ref": "#/components/schemas/Unread"},
                             {"type": "object", "required": ["user", "positions"],
                              "properties": {"user": {"type": "string"}, "positions": {
-                                 "type": "object", "additionalProperties": {"type": "integer"}}}}]}}}},
+                                 "type": "object", "additionalProperties": {"type": "integer"}}}}),
                                       **_errors(400, 401, 403, 404, 503)}},
             },
             "/api/rooms/{room}/events": {
@@ -207,13 +211,12 @@ def spec(settings: Settings) -> dict:
                                    "and the previous one-minute window), the last 10 minutes and the last hour, by "
                                    "event time; the last message's time; how many are online",
                         "parameters": [SCOPE],
-                        "responses": {"200": {"description": "Rooms (with scope=local: this worker's share, "
-                                                             "raw, for the worker that asked)",
-                                              "content": {"application/json": {"schema": {"anyOf": [
+                        "responses": {"200": _json_or_local(
+                            "Rooms (with scope=local: this worker's share, raw, for the worker that asked)",
                             {"type": "object", "required": ["rooms"], "properties": {"rooms": {
                                 "type": "array", "items": {"$ref": "#/components/schemas/RoomActivity"}}}},
                             {"type": "object", "required": ["activity", "online"],
-                             "properties": {"activity": {"type": "object"}, "online": {"type": "object"}}}]}}}},
+                             "properties": {"activity": {"type": "object"}, "online": {"type": "object"}}}),
                             **_errors(400, 401, 503)}},
             },
             "/api/rooms/trending": {

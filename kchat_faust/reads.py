@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import orjson
 from faust.types import TP
 
-from .inorder import InOrder
+from .inorder import InOrder, Progress
 
 if TYPE_CHECKING:
     from .app import KchatApp
@@ -65,6 +65,7 @@ class LocalReads:
 
     def __init__(self, table, topic: str, end_offset) -> None:
         self.table, self.topic = table, topic
+        self.progress = Progress(table, marker_key)
         self.end_offset = end_offset  # async (partition) -> the reads topic's end offset
 
     def mark(self, user: str, marks: dict[str, int]) -> None:
@@ -74,12 +75,10 @@ class LocalReads:
             self.table[user] = state
 
     def applied(self, partition: int, offset: int) -> None:
-        if offset > self.applied_up_to(partition):
-            self.table[marker_key(partition)] = offset
+        self.progress.advance(partition, offset)
 
     def applied_up_to(self, partition: int) -> int:
-        marker = self.table.get(marker_key(partition))
-        return -1 if marker is None else marker
+        return self.progress.up_to(partition)
 
     def positions(self, user: str) -> dict[str, int]:
         return dict(self.table.get(user) or {})

@@ -19,6 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable
 
+from .inorder import Progress
 from .models import partition_for
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class LocalIndex:
 
     def __init__(self, table, partitions: int) -> None:
         self.table, self.partitions = table, partitions
+        self.indexed = Progress(table, marker_key)
 
     def add(self, room: str, partition: int, messages: list[tuple[int, int]]) -> None:
         if partition != partition_for(room, self.partitions):
@@ -121,12 +123,10 @@ class LocalIndex:
 
     def progress(self, partition: int, offset: int) -> None:
         """Every message of the partition up to `offset` has been added."""
-        if offset > self.indexed_up_to(partition):
-            self.table[marker_key(partition)] = offset
+        self.indexed.advance(partition, offset)
 
     def indexed_up_to(self, partition: int) -> int:
-        marker = self.table.get(marker_key(partition))
-        return -1 if marker is None else marker
+        return self.indexed.up_to(partition)
 
     def view(self, room: str) -> View:
         return View(self.table.get, room)
