@@ -6,6 +6,7 @@ test-artifacts/ (gitignored).
 from __future__ import annotations
 
 import re
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -260,6 +261,17 @@ def unread(base: str, user: str) -> dict[str, dict]:
     return {x["room"]: x for x in r.json()["rooms"]}
 
 
+def poll(page, check, what: str, timeout: float = 60.0):
+    """Polls check() -- (done, what it saw) -- while the page runs on; fails with the last thing seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, seen = check()
+        if done:
+            return seen
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s; last seen {seen}"
+        page.wait_for_timeout(500)
+
+
 def test_unread_badges_in_the_room_list_and_the_room_on_screen_is_read(kchat_worker, open_page):
     base, here, there = kchat_worker.url, unique("onscreen"), unique("badge")
     pat = unique("pat")
@@ -268,35 +280,27 @@ def test_unread_badges_in_the_room_list_and_the_room_on_screen_is_read(kchat_wor
     assert r.status_code == 204, r.text
     post(base, here, "someone", "already here")
     p = open_page(base).join(pat, here)
-    for i in range(3):
-        post(base, there, "someone", f"while pat was elsewhere {i}")
+    elsewhere = [post(base, there, "someone", f"while pat was elsewhere {i}") for i in range(3)]
+
+    def read_up_to(room: str, offset: int):
+        def check():
+            mine = unread(base, pat).get(room)
+            return bool(mine) and mine["unread"] == 0 and int(mine["last_read"].split(":")[1]) >= offset, mine
+        return check
+
     # The other room has a badge with its unread count; the room on screen has none, and is read as it goes.
     expect(p.page.locator(f'#rooms li[data-room="{there}"] .unread')).to_have_text("3")
     last = post(base, here, "someone", "said while pat watches")
     expect(p.texts.last).to_have_text("said while pat watches")
     expect(p.page.locator(f'#rooms li[data-room="{here}"] .unread')).to_have_count(0)
-    until_read = {}
-
-    def read_here() -> bool:
-        until_read.update(unread(base, pat))
-        mine = until_read.get(here)
-        return bool(mine) and mine["unread"] == 0 and int(mine["last_read"].split(":")[1]) >= last["offset"]
-
-    for _ in range(120):  # the page marks read as it shows; the server answers what it was told
-        if read_here():
-            break
-        p.page.wait_for_timeout(500)
-    assert read_here(), until_read
+    # The page marks read as it shows; the server answers what it was told.
+    poll(p.page, read_up_to(here, last["offset"]), f"{here} read by the page up to what it showed")
     screenshot(p.page, "page-unread-badges.png")
     # Opening the other room reads it: its badge goes, and the server says nothing is unread there.
     p.page.click(f'#rooms li[data-room="{there}"] button')
     expect(p.page.locator("#where")).to_have_text(f"{pat} in {there}")
     expect(p.texts.last).to_have_text("while pat was elsewhere 2")
-    for _ in range(120):
-        if unread(base, pat)[there]["unread"] == 0:
-            break
-        p.page.wait_for_timeout(500)
-    assert unread(base, pat)[there]["unread"] == 0
+    poll(p.page, read_up_to(there, elsewhere[-1]["offset"]), f"{there} read once opened")
     expect(p.page.locator("#rooms .unread")).to_have_count(0)
     assert p.page_errors == [] and p.csp_violations() == []
 
