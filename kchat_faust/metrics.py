@@ -9,9 +9,12 @@ prefixed "faust_".
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
+from weakref import WeakKeyDictionary
 
-from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry,
-                               Counter, Histogram)
+from aiohttp import web
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
+                               CollectorRegistry, Counter, Histogram, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -98,14 +101,100 @@ class KchatCollector(Collector):
         yield remaining
 
 
+class KchatMonitor(PrometheusMonitor):
+    """Faust's Prometheus sensor, exporting the same series, with its per-event work done once.
+
+    Faust calls a sensor for every HTTP request, every record and stream event the agents see and
+    every table read and write. Its PrometheusMonitor looks each labelled child up again every
+    time (under the metric's lock), builds an HTTPStatus per response and runs a regex over the
+    stream's label per event; here each child is looked up once and kept. Faust's rebalance hooks
+    remove the per-topic and per-partition children, so the kept ones are forgotten with them.
+    """
+
+    def __init__(self, metrics: FaustMetrics, **kwargs) -> None:
+        super().__init__(metrics, **kwargs)
+        self.faust_metrics = metrics
+        self._children: dict[tuple, object] = {}
+        self._stream_events: WeakKeyDictionary = WeakKeyDictionary()  # as Monitor's own stream_lookup
+
+    def _child(self, metric, *labels):
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # Each hook keeps Faust's own Monitor bookkeeping (super(PrometheusMonitor, self): what
+    # Faust's web views and commands read) and replaces only PrometheusMonitor's part.
+    def on_message_in(self, tp, offset, message) -> None:
+        super(PrometheusMonitor, self).on_message_in(tp, offset, message)
+        m = self.faust_metrics
+        m.messages_received.inc()
+        m.active_messages.inc()
+        self._child(m.messages_received_per_topics, tp.topic).inc()
+        self._child(m.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
+
+    def on_stream_event_in(self, tp, offset, stream, event):
+        state = super(PrometheusMonitor, self).on_stream_event_in(tp, offset, stream, event)
+        m = self.faust_metrics
+        m.total_events.inc()
+        m.total_active_events.inc()
+        child = self._stream_events.get(stream)
+        if child is None:
+            child = self._stream_events[stream] = m.total_events_per_stream.labels(
+                f"stream.{self._stream_label(stream)}.events")
+        child.inc()
+        return state
+
+    def _table_op(self, table, operation: str) -> None:
+        self._child(self.faust_metrics.table_operations, f"table.{table.name}", operation).inc()
+
+    def on_table_get(self, table, key) -> None:
+        super(PrometheusMonitor, self).on_table_get(table, key)
+        self._table_op(table, self.KEYS_RETRIEVED)
+
+    def on_table_set(self, table, key, value) -> None:
+        super(PrometheusMonitor, self).on_table_set(table, key, value)
+        self._table_op(table, self.KEYS_UPDATED)
+
+    def on_table_del(self, table, key) -> None:
+        super(PrometheusMonitor, self).on_table_del(table, key)
+        self._table_op(table, self.KEYS_DELETED)
+
+    def on_send_initiated(self, producer, topic, message, keysize, valsize):
+        self._child(self.faust_metrics.topic_messages_sent, f"topic.{topic}").inc()
+        return super(PrometheusMonitor, self).on_send_initiated(producer, topic, message, keysize, valsize)
+
+    def on_web_request_end(self, app, request, response, state, *, view=None) -> None:
+        super(PrometheusMonitor, self).on_web_request_end(app, request, response, state, view=view)
+        self._child(self.faust_metrics.http_status_codes, int(state["status_code"])).inc()
+        # Faust's own sensor observes the time since time_end here, always ~0; this is the request's.
+        self.faust_metrics.http_latency.observe(self.secs_to_ms(state["latency_end"]))
+
+    def on_tp_commit(self, tp_offsets) -> None:
+        super(PrometheusMonitor, self).on_tp_commit(tp_offsets)
+        for tp, offset in tp_offsets.items():
+            self._child(self.faust_metrics.topic_partition_offset_commited, tp.topic, tp.partition).set(offset)
+
+    def track_tp_end_offset(self, tp, offset) -> None:
+        super(PrometheusMonitor, self).track_tp_end_offset(tp, offset)
+        self._child(self.faust_metrics.topic_partition_end_offset, tp.topic, tp.partition).set(offset)
+
+    def _clear_partition_related_metrics(self) -> None:
+        super()._clear_partition_related_metrics()
+        self._children.clear()
+
+
 def install(app: "KchatApp") -> None:
     """Serve app.metrics' registry at /metrics, with Faust's sensors and the process' own figures."""
-    from faust.sensors.prometheus import setup_prometheus_sensors
-
     registry = app.metrics.registry
     # What the default registry would carry: process CPU/memory, Python version, GC.
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    # Faust's sensors (streams, tables, producer, rebalances, HTTP) and the /metrics page.
-    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    # Faust's sensors (streams, tables, producer, rebalances, HTTP), prefixed "faust_".
+    app.monitor = KchatMonitor(FaustMetrics.create(registry, "faust"))
     registry.register(KchatCollector(app))
+
+    @app.page("/metrics")
+    async def metrics_page(view, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
