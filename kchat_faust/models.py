@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import faust
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -40,7 +39,12 @@ class KeyReused(Unprocessable):
     """An Idempotency-Key sent again with another message (422)."""
 
 
-class ChatMessage(faust.Record, serializer="json", include_metadata=False):
+@dataclass(slots=True)
+class ChatMessage:
+    """A chat message. A plain dataclass: one is built for every publish and for every record each
+    reader decodes, and a faust.Record took 2.9 us to build where this takes 0.55 (not frozen:
+    frozen's __init__ is twice as slow). Its bytes on Kafka are encode()'s."""
+
     id: str
     room: str
     user: str

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 import time
@@ -62,8 +61,10 @@ async def json_object(request: web.Request, fields: tuple[str, ...]) -> dict:
     if request.content_type != "application/json":
         raise Refused(415, "Content-Type must be application/json")
     try:
-        body = json.loads(await read_text_body(request))
-    except json.JSONDecodeError as exc:
+        # orjson: a fifth of json's time. It also refuses lone surrogates ("\ud800"), which no
+        # UTF-8 text can hold, where json let them through to the fields' checks: 400 either way.
+        body = orjson.loads(await read_text_body(request))
+    except orjson.JSONDecodeError as exc:
         raise Refused(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(body, dict):
         raise Refused(400, "body must be a JSON object {" + ", ".join(f'"{f}": ...' for f in fields) + "}")

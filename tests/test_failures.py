@@ -8,7 +8,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from kchat_faust.models import new_message
+from kchat_faust.models import encode, new_message
 
 from kchat_testkit.chat import post, unique
 from kchat_testkit.sse import Subscriber
@@ -187,7 +187,7 @@ async def test_a_slow_subscriber_is_disconnected_without_slowing_the_others(tune
         try:
             for i in range(total):
                 msg = new_message(room, "firehose", f"{i:05d}{text}", 4000)
-                await producer.send("chatroom", msg.dumps(), key=room.encode())
+                await producer.send("chatroom", encode(msg), key=room.encode())
             await producer.flush()
         finally:
             await producer.stop()

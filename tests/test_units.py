@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from kchat_faust.config import ConfigError, Settings, kafka_servers
-from kchat_faust.kafka_io import KchatTransport
-from kchat_faust.models import (ValidationError, decode_record, new_message, parse_compat_body,
+from kchat_faust.kafka_io import KchatTransport, Publisher
+from kchat_faust.metrics import Metrics
+from kchat_faust.models import (ValidationError, decode_record, encode, new_message, parse_compat_body,
                                 parse_event_id, partition_for)
 
 
@@ -65,8 +68,8 @@ def test_validation_names_the_bad_field(room, user, text, field):
 def test_a_valid_message_keeps_newlines_and_unicode():
     m = new_message("room_1-A", "Zoë 🙂", "two\nlines\tand tab", 4000)
     assert m.text == "two\nlines\tand tab" and len(m.id) == 32
-    assert json.loads(m.dumps())["user"] == "Zoë 🙂"
-    assert "__faust" not in json.loads(m.dumps())
+    assert json.loads(encode(m)) == {"id": m.id, "room": "room_1-A", "user": "Zoë 🙂",
+                                     "text": "two\nlines\tand tab", "sent_at": m.sent_at}
 
 
 def test_compat_body_prefix():
@@ -93,6 +96,22 @@ def test_rooms_map_to_stable_partitions_like_the_java_client():
     # murmur2 of the key, as Kafka's Java producer partitions: a room never moves.
     assert partition_for("lobby", 12) == partition_for("lobby", 12)
     assert {partition_for(f"room{i}", 12) for i in range(200)} == set(range(12))
+
+
+def test_the_publisher_puts_a_room_where_aiokafkas_partitioner_would():
+    partitioner = DefaultPartitioner()
+    counts = {"chatroom": set(range(12))}
+    producer = SimpleNamespace(client=SimpleNamespace(cluster=SimpleNamespace(
+        partitions_for_topic=lambda topic: counts.get(topic))))
+    publisher = Publisher(Settings.from_env({}), Metrics())
+    assert publisher.partition_of("chatroom", "lobby") is None  # not connected: the producer chooses
+    publisher._producer = producer
+    assert publisher.partition_of("elsewhere", "lobby") is None  # no metadata yet: likewise
+    for n in (12, 24, 12):  # the topic grew, then a new cluster has it with 12 again
+        counts["chatroom"] = set(range(n))
+        for room in ("lobby", "ops", *(f"r{i}" for i in range(300))):
+            assert publisher.partition_of("chatroom", room) == partitioner(room.encode(), list(range(n)),
+                                                                           list(range(n)))
 
 
 def test_kafka_security_settings_reach_both_kinds_of_client(tmp_path):
