@@ -12,7 +12,7 @@ MODE
   subs      `n` SSE subscribers (kchat_testkit.sse's); for every event whose text was written by `rate` (or
             the fan-out probe) the latency (receive wall clock - scheduled send wall clock); prints READY once
             all are connected, stops on a "stop" line on stdin
-  aiokafka  aiokafka producer (acks=all, idempotent, linger 1 ms, the service's Publisher settings),
+  aiokafka  aiokafka producer (acks=all, idempotent, linger 0 ms: the service's Publisher settings),
             `concurrency` tasks each awaiting send_and_wait: the ceiling of the service's publish path
   produce   `n` records straight into chatroom in the service's own format (one distinct user each)
 
@@ -332,11 +332,11 @@ async def mode_subs(cfg: dict) -> dict:
 
 
 async def mode_aiokafka(cfg: dict) -> dict:
-    """cfg: bootstrap, topic, concurrency, warmup, duration, record_bytes."""
+    """cfg: bootstrap, topic, concurrency, warmup, duration, record_bytes, linger_ms (the Publisher's: 0)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=cfg["bootstrap"], acks="all", enable_idempotence=True,
-                                linger_ms=1, client_id="bench-aiokafka")
+                                linger_ms=cfg.get("linger_ms", 0), client_id="bench-aiokafka")
     await producer.start()
     value = b"x" * cfg.get("record_bytes", 200)
     lat = array("d")

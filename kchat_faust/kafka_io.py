@@ -180,7 +180,9 @@ class Publisher(mode.Service):
                 client_id="kchat-publisher",
                 acks="all",
                 enable_idempotence=True,
-                linger_ms=1,
+                # No linger: a lone publish is sent at once. Under load batches form anyway, while
+                # the previous produce request to the broker is in flight.
+                linger_ms=0,
                 request_timeout_ms=int(self.settings.publish_timeout * 1000),
             )
             try:
