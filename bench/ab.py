@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""A/B rounds: the worker of one commit against the worker of another, interleaved, with the baselines
-measured in every round. Prints figures and ratios (min / median / max over the rounds); never fails on
-timing.
+"""A/B rounds: the workers of two or more variants (a commit's kchat_faust, on this Python or another),
+interleaved, with the baselines measured in every round. Prints figures and ratios (min / median / max
+over the rounds); never fails on timing.
 
     .venv/bin/python bench/ab.py --a 95e63a3              # that commit's kchat_faust vs the working tree's
     .venv/bin/python bench/ab.py --a REV --b REV2 --rounds 3 --duration 10 --rate 300
+    .venv/bin/python bench/ab.py --variant before=95e63a3 --variant after=tree \
+        --variant after-3.13=tree@/usr/bin/python3.13      # N variants; NAME=REV[@PYTHON]
+
+A variant on another Python runs its worker from a virtualenv of that interpreter with this project's
+dependencies, made once under .cache/bench-venvs/ (pip, from pyproject.toml).
 
 Each round runs, in this order: the bare aiohttp handler (bench/bare.py) and aiokafka's own send_and_wait
-at c=64 and c=1 (the ceilings of the publish path), then worker A, then worker B (the order of A and B
-swaps every round). A worker is started fresh for its cell, on a Kafka of its own variant (two one-node
-clusters: the variants' topics and tables never mix), and measured for
+at c=64 and c=1 (the ceilings of the publish path), then each variant's worker (the order rotates every
+round). A worker is started fresh for its cell, on a Kafka of its own variant (one one-node cluster per
+variant: the variants' topics and tables never mix), and measured for
   - publish at c=64 and at c=1 (closed loop, native JSON POSTs): req/s, p50;
   - CPU per published message: `--rate` POSTs a second for `--duration` s (open loop), then the
     worker's CPU until it is quiet again (counting trails the posts) over the messages: everything the
@@ -40,6 +45,20 @@ from kchat_testkit.worker import Worker
 REPO = Path(__file__).resolve().parents[1]
 
 
+def venv_for(python: str) -> str:
+    """The faust command of a virtualenv of this interpreter with the project installed (made once)."""
+    exe = shutil.which(python) or python
+    version = subprocess.run([exe, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    venv = REPO / ".cache" / "bench-venvs" / f"python{version}"
+    faust = venv / "bin" / "faust"
+    if not faust.exists():
+        run.log(f"making {venv.relative_to(REPO)} (Python {version}; pip install of this project)")
+        subprocess.run([exe, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True)
+    return str(faust)
+
+
 def code_of(rev: str | None, into: Path) -> Path:
     """kchat_faust/ of a commit (git archive), or of the working tree when rev is None."""
     into.mkdir(parents=True)
@@ -52,9 +71,19 @@ def code_of(rev: str | None, into: Path) -> Path:
     return into
 
 
+def parse_variant(spec: str) -> tuple[str, str | None, str | None]:
+    """NAME=REV[@PYTHON] -> (name, rev or None for the working tree ("tree"), python or None)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"--variant {spec!r}: expected NAME=REV[@PYTHON]")
+    rev, _, python = rest.partition("@")
+    return name, None if rev in ("tree", "") else rev, python or None
+
+
 class Variant:
-    def __init__(self, name: str, rev: str | None, tmp: Path) -> None:
-        self.name, self.rev = name, rev or "working tree"
+    def __init__(self, name: str, rev: str | None, tmp: Path, python: str | None = None) -> None:
+        self.name, self.rev = name, (rev or "working tree") + (f" on {python}" if python else "")
+        self.faust = venv_for(python) if python else None
         self.code = code_of(rev, tmp / f"code-{name}")
         self.cluster = KafkaCluster.start_new(tmp / f"kafka-{name}")
         self.tmp = tmp
@@ -63,7 +92,8 @@ class Variant:
     def worker(self) -> Worker:
         self.cells += 1
         env = {"KCHAT_REPLICATION_FACTOR": "1", "PYTHONPATH": str(self.code)}
-        w = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}", env)
+        extra = {"faust": self.faust} if self.faust else {}
+        w = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}", env, **extra)
         w.start(timeout=180)
         return w
 
@@ -120,21 +150,21 @@ def spread(xs: list[float]) -> str:
     return f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}"
 
 
-def report(rounds: list[dict], names: tuple[str, str]) -> dict:
-    a, b = names
-    figures = {
-        f"{n} publish c=64 / bare aiohttp c=64": [r[n]["c64"] / r["base"]["bare_c64"] for r in rounds]
-        for n in names}
+def report(rounds: list[dict], names: list[str]) -> dict:
+    first = names[0]
+    figures = {}
     for n in names:
-        figures[f"{n} publish c=64 / aiokafka send_and_wait c=64"] = [
+        figures[f"{n}: publish c=64 / bare aiohttp c=64"] = [r[n]["c64"] / r["base"]["bare_c64"] for r in rounds]
+        figures[f"{n}: publish c=64 / aiokafka send_and_wait c=64"] = [
             r[n]["c64"] / r["base"]["aiokafka_c64"] for r in rounds]
-        figures[f"{n} publish c=1 p50 / aiokafka c=1 p50"] = [
+        figures[f"{n}: publish c=1 p50 / aiokafka c=1 p50"] = [
             r[n]["c1_p50_ms"] / r["base"]["aiokafka_c1_p50_ms"] for r in rounds]
-    for n in names:
-        figures[f"{n} end to end p99 / bare fan-out p99"] = [
+        figures[f"{n}: end to end p99 / bare fan-out p99"] = [
             r[n]["e2e_p99_ms"] / r["base"]["floor_e2e_p99_ms"]
             if r[n]["e2e_p99_ms"] and r["base"]["floor_e2e_p99_ms"] else None for r in rounds]
-    figures[f"CPU per message {b} / {a}"] = [r[b]["cpu_us_per_msg"] / r[a]["cpu_us_per_msg"] for r in rounds]
+        if n != first:
+            figures[f"{n}: CPU per message / {first}'s"] = [
+                r[n]["cpu_us_per_msg"] / r[first]["cpu_us_per_msg"] for r in rounds]
     print()
     print(f"{'ratio':60s}  min / median / max over {len(rounds)} rounds")
     for name, xs in figures.items():
@@ -142,7 +172,8 @@ def report(rounds: list[dict], names: tuple[str, str]) -> dict:
     print()
     for n in names:
         print(f"{n}: CPU per message (us): {spread([r[n]['cpu_us_per_msg'] for r in rounds])}; "
-              f"c=64 {spread([r[n]['c64'] for r in rounds])} req/s; c=1 p50 {spread([r[n]['c1_p50_ms'] for r in rounds])} ms")
+              f"c=64 {spread([r[n]['c64'] for r in rounds])} req/s; c=1 p50 {spread([r[n]['c1_p50_ms'] for r in rounds])} ms; "
+              f"e2e p99 {spread([r[n]['e2e_p99_ms'] for r in rounds])} ms")
     print(f"baselines: bare aiohttp c=64 {spread([r['base']['bare_c64'] for r in rounds])} req/s; aiokafka c=64 "
           f"{spread([r['base']['aiokafka_c64'] for r in rounds])} msg/s, c=1 p50 "
           f"{spread([r['base']['aiokafka_c1_p50_ms'] for r in rounds])} ms; bare fan-out e2e p99 "
@@ -154,8 +185,11 @@ def report(rounds: list[dict], names: tuple[str, str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--a", required=True, help="commit of variant A (git rev)")
+    p.add_argument("--a", default=None, help="commit of variant A (git rev)")
     p.add_argument("--b", default=None, help="commit of variant B (default: the working tree)")
+    p.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=REV[@PYTHON]",
+                   help="a variant (repeat for more; instead of --a/--b): REV a commit or 'tree', PYTHON an "
+                        "interpreter to run its worker with; ratios of CPU are against the first")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load cell")
     p.add_argument("--warmup", type=float, default=2.0)
@@ -164,25 +198,30 @@ def main(argv=None) -> int:
     p.add_argument("--e2e-subs", type=int, default=1000, help="subscribers of the end-to-end cell")
     p.add_argument("--e2e-duration", type=float, default=15.0, help="seconds of load of the end-to-end cell")
     a = p.parse_args(argv)
+    specs = a.variant or ([("A", a.a, None), ("B", a.b, None)] if a.a else [])
+    if len(specs) < 2 or len({name for name, _, _ in specs}) < len(specs):
+        p.error("give --a (and --b), or two or more --variant with distinct names")
     run.raise_nofile()
     ctx = run.Ctx(argparse.Namespace(subscribers="go", loop="asyncio"), time.strftime("%Y%m%d-%H%M%S"))
     tmp = Path(tempfile.mkdtemp(prefix="kchat-ab-"))
     variants: list[Variant] = []
     rounds: list[dict] = []
     try:
-        variants = [Variant("A", a.a, tmp), Variant("B", a.b, tmp)]
+        for name, rev, python in specs:
+            variants.append(Variant(name, rev, tmp, python))
         create_topic(variants[0].cluster.bootstrap, "ab-aiokafka", 12, 1)
         for i in range(a.rounds):
             r = {"loadavg_start": os.getloadavg()[0], "base": baselines(ctx, a, variants[0].cluster.bootstrap)}
-            for v in (variants if i % 2 == 0 else variants[::-1]):
+            shift = i % len(variants)
+            for v in variants[shift:] + variants[:shift]:
                 run.log(f"round {i + 1}: worker {v.name} ({v.rev})")
                 r[v.name] = cell(ctx, v, a)
             rounds.append(r)
             run.log(f"round {i + 1}: {json.dumps(r)}")
-        figures = report(rounds, ("A", "B"))
+        figures = report(rounds, [v.name for v in variants])
         out = ctx.results_dir / f"ab-{ctx.stamp}.json"
-        out.write_text(json.dumps({"a": a.a, "b": a.b or "working tree", "options": vars(a), "rounds": rounds,
-                                   "ratios": figures}, indent=2))
+        out.write_text(json.dumps({"variants": {v.name: v.rev for v in variants}, "options": vars(a),
+                                   "rounds": rounds, "ratios": figures}, indent=2))
         print(f"\nresults: {out.relative_to(REPO)}")
     finally:
         for p_ in ctx.children:

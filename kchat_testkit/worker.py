@@ -23,8 +23,8 @@ class Worker:
     by this machine and by the other workers."""
 
     def __init__(self, bootstrap: str, workdir: Path, env: dict | None = None,
-                 net: tuple[str, str] | None = None) -> None:
-        self.net = net
+                 net: tuple[str, str] | None = None, faust: str = FAUST) -> None:
+        self.net, self.faust = net, faust
         self.host = net[1] if net else "127.0.0.1"
         self.port = 6066 if net else free_port()  # a namespace has its ports to itself
         self.url = f"http://{self.host}:{self.port}"
@@ -43,7 +43,7 @@ class Worker:
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        cmd = [FAUST, "-A", "kchat_faust", "worker", "-l", "info", "--web-port", str(self.port)]
+        cmd = [self.faust, "-A", "kchat_faust", "worker", "-l", "info", "--web-port", str(self.port)]
         return (["nsenter", f"--net=/run/netns/{self.net[0]}"] + cmd) if self.net else cmd
 
     def start(self, timeout: float = 90.0) -> "Worker":
