@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,6 +78,9 @@ def parse_variant(spec: str) -> tuple[str, str | None, str | None]:
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
         raise argparse.ArgumentTypeError(f"--variant {spec!r}: expected NAME=REV[@PYTHON]")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", name):
+        # It names the variant's rooms (and directories).
+        raise argparse.ArgumentTypeError(f"--variant {spec!r}: NAME must be 1-20 of A-Z, a-z, 0-9, '_', '-'")
     rev, _, python = rest.partition("@")
     return name, None if rev in ("tree", "") else rev, python or None
 
@@ -202,6 +207,8 @@ def main(argv=None) -> int:
     if len(specs) < 2 or len({name for name, _, _ in specs}) < len(specs):
         p.error("give --a (and --b), or two or more --variant with distinct names")
     run.raise_nofile()
+    # A SIGTERM (timeout, kill) tears the clusters and workers down like the end of the run does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ctx = run.Ctx(argparse.Namespace(subscribers="go", loop="asyncio"), time.strftime("%Y%m%d-%H%M%S"))
     tmp = Path(tempfile.mkdtemp(prefix="kchat-ab-"))
     variants: list[Variant] = []
