@@ -114,14 +114,14 @@ class KchatMonitor(PrometheusMonitor):
     def __init__(self, metrics: FaustMetrics, **kwargs) -> None:
         super().__init__(metrics, **kwargs)
         self.faust_metrics = metrics
-        self._children: dict[tuple, object] = {}
+        self._label_children: dict[tuple, object] = {}
         self._stream_events: WeakKeyDictionary = WeakKeyDictionary()  # as Monitor's own stream_lookup
 
     def _child(self, metric, *labels):
         key = (id(metric), *labels)
-        child = self._children.get(key)
+        child = self._label_children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._label_children[key] = metric.labels(*labels)
         return child
 
     # Each hook keeps Faust's own Monitor bookkeeping (super(PrometheusMonitor, self): what
@@ -182,7 +182,7 @@ class KchatMonitor(PrometheusMonitor):
 
     def _clear_partition_related_metrics(self) -> None:
         super()._clear_partition_related_metrics()
-        self._children.clear()
+        self._label_children.clear()
 
 
 def install(app: "KchatApp") -> None:

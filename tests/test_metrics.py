@@ -1,6 +1,7 @@
 """KchatMonitor against Faust's own PrometheusMonitor: the same calls must export the same series."""
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
@@ -104,3 +105,14 @@ def test_http_latency_is_the_requests_own():
     ours.on_web_request_end(None, None, SimpleNamespace(status=201), state)
     total = registry.get_sample_value(f"{LATENCY}_sum")
     assert 250 <= total < 1000  # milliseconds, as Faust's buckets are
+
+
+async def test_the_monitor_starts_and_stops_cleanly_after_traffic(caplog):
+    # It is a mode Service too: its own bookkeeping must not clash with the service's (a dict named
+    # like mode's list of child services made every worker's stop log a traceback per label).
+    _, _, ours, _ = pair()
+    await ours.start()
+    traffic(ours, 12)
+    with caplog.at_level(logging.WARNING):
+        await ours.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
