@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 # worker spent 80% of a core, and 39% once fetches waited for a batch (300 msg/s: 100% -> 79%).
 COUNTING_FETCH_MIN_BYTES = 64 * 1024
 COUNTING_FETCH_MAX_WAIT_MS = 100
-# Rooms whose partition the publisher keeps (a dict entry each); past that it starts again.
-MAX_CACHED_ROOMS = 100_000
 # How long a stopping worker may wait on Kafka, all its steps together: with the brokers gone
 # Faust would wait forever for its last events' commit (a SIGTERMed worker was still waiting
 # after 20 minutes), aiokafka for every batch in flight. It must still stop within seconds.
@@ -162,9 +160,6 @@ class Publisher(mode.Service):
         self.metrics = metrics
         self.stop_budget = stop_budget or StopBudget()
         self._producer: AIOKafkaProducer | None = None
-        # room -> its partition: aiokafka's partitioner hashes the key in pure Python on every send.
-        self._partitions: dict[str, int] = {}
-        self._partition_count = 0
 
     @property
     def connected(self) -> bool:
@@ -213,18 +208,11 @@ class Publisher(mode.Service):
         return meta
 
     def partition_of(self, topic: str, room: str) -> int | None:
-        """The room's partition, as the producer's partitioner would choose it (None: not known
-        yet, the producer chooses). Forgotten when the topic's partition count changes."""
+        """The room's partition, as the producer's partitioner would choose it, from models'
+        cached partition_for (aiokafka's hashes the key in pure Python on every send); None while
+        the topic's metadata is not known: then the producer chooses."""
         partitions = self._producer.client.cluster.partitions_for_topic(topic) if self._producer else None
-        if not partitions:
-            return None
-        if len(partitions) != self._partition_count or len(self._partitions) >= MAX_CACHED_ROOMS:
-            self._partitions.clear()
-            self._partition_count = len(partitions)
-        partition = self._partitions.get(room)
-        if partition is None:
-            partition = self._partitions[room] = partition_for(room, self._partition_count)
-        return partition
+        return partition_for(room, len(partitions)) if partitions else None
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> RecordMetadata:

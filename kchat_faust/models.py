@@ -1,6 +1,7 @@
 """The chat message: its validation, its bytes on Kafka, and its resume token."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -222,6 +223,7 @@ def parse_time(raw: str, field: str = "since") -> int:
 _partitioner = DefaultPartitioner()
 
 
+@functools.lru_cache(maxsize=100_000)  # the partitioner hashes in pure Python; every publish asks
 def partition_for(room: str, partitions: int) -> int:
     """The partition of a room: where the producer's default partitioner puts its key."""
     all_partitions = list(range(partitions))
