@@ -85,49 +85,132 @@ def parse_variant(spec: str) -> tuple[str, str | None, str | None]:
     return name, None if rev in ("tree", "") else rev, python or None
 
 
+# The least lever 4 of the publish path (KCHAT_WEB_PROCESSES) could be, for measuring what it would pay:
+# N whole workers of the variant sharing one port, the kernel spreading connections (SO_REUSEPORT). Each
+# has its own producer, fan-out reader and share of the tables; what they would have to share to keep
+# the single process's guarantees (the per-pod rate limit, metrics, peer routing by URL) is not there.
+REUSE_PORT_SHIM = """# bench/ab.py --processes: every aiohttp TCPSite of this process binds with SO_REUSEPORT.
+import aiohttp.web_runner as _runner
+_init = _runner.TCPSite.__init__
+def _reuse_port_init(self, *args, **kwargs):
+    kwargs.setdefault("reuse_port", True)
+    _init(self, *args, **kwargs)
+_runner.TCPSite.__init__ = _reuse_port_init
+"""
+
+
 class Variant:
-    def __init__(self, name: str, rev: str | None, tmp: Path, python: str | None = None) -> None:
+    def __init__(self, name: str, rev: str | None, tmp: Path, python: str | None = None,
+                 processes: int = 1) -> None:
         self.name, self.rev = name, (rev or "working tree") + (f" on {python}" if python else "")
+        if processes > 1:
+            self.rev += f", {processes} processes on one port"
         self.faust = venv_for(python) if python else None
         self.code = code_of(rev, tmp / f"code-{name}")
+        self.processes = processes
+        if processes > 1:
+            (self.code / "sitecustomize.py").write_text(REUSE_PORT_SHIM)
         self.cluster = KafkaCluster.start_new(tmp / f"kafka-{name}")
         self.tmp = tmp
         self.cells = 0
 
-    def worker(self) -> Worker:
+    def worker(self) -> "Workers":
         self.cells += 1
         env = {"KCHAT_REPLICATION_FACTOR": "1", "PYTHONPATH": str(self.code)}
         extra = {"faust": self.faust} if self.faust else {}
-        w = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}", env, **extra)
-        w.start(timeout=180)
-        return w
+        first = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}", env, **extra)
+        group = Workers([first])
+        try:
+            first.start(timeout=180)
+            for i in range(1, self.processes):
+                # Same port; its own advertised address, so the group's members have distinct URLs.
+                w = Worker(self.cluster.bootstrap, self.tmp / f"worker-{self.name}-{self.cells}-{i}",
+                           {**env, "KCHAT_ADVERTISED_HOST": f"127.0.0.{i + 1}"}, **extra)
+                w.port, w.url = first.port, first.url  # ready when the shared port answers: see below
+                w.proc = subprocess.Popen(w.command(), cwd=w.workdir, env=w.env, stdout=open(w.log_path, "ab"),
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+                group.members.append(w)
+            group.wait_all_ready(180)
+        except BaseException:
+            group.stop_or_kill()
+            raise
+        return group
+
+
+class Workers:
+    """One or more workers on one port, measured as one: CPU summed, quiet when all are."""
+
+    def __init__(self, members: list[Worker]) -> None:
+        self.members = members
+
+    @property
+    def port(self) -> int:
+        return self.members[0].port
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.members]
+
+    def cpu(self) -> float:
+        return sum(proc_cpu(pid) for pid in self.pids)
+
+    def quiesce(self, limit: float = 30.0) -> None:
+        for pid in self.pids:
+            quiesce(pid, limit=limit)
+
+    def wait_all_ready(self, timeout: float) -> None:
+        """Each member logged Faust's "Ready", then the port answered ready on 20 fresh connections in a row
+        (the kernel picks a member per connection; a rebalance after the last join makes some not ready)."""
+        deadline = time.monotonic() + timeout
+        streak = 0
+        while time.monotonic() < deadline:
+            for w in self.members:
+                if not w.running():
+                    raise RuntimeError(f"worker exited: {w.log_text()[-2000:]}")
+            if all("Ready" in w.log_text() for w in self.members):
+                streak = streak + 1 if self.members[0].readyz() == 200 else 0
+                if streak >= 20:
+                    return
+            time.sleep(0.1 if streak else 0.5)
+        raise RuntimeError(f"{len(self.members)} workers not all ready in {timeout:.0f}s")
+
+    def stop_or_kill(self) -> None:
+        for w in self.members:
+            if w.proc is not None:
+                w.stop_or_kill()
 
 
 def cell(ctx: run.Ctx, v: Variant, a) -> dict:
-    """One variant's figures in one round, on a fresh worker."""
-    w = v.worker()
+    """One variant's figures in one round, on fresh workers."""
+    ws = v.worker()
+    pid = ws.pids[0]  # the load client's own figure of server CPU reads one; the cells below sum them all
     try:
         # Warm it up unrecorded: connections, first batches, the agents' first commits.
-        run.closed_loop(ctx, w.port, "native", 16, w.proc.pid, 3.0, 0.0)
-        c64 = run.closed_loop(ctx, w.port, "native", 64, w.proc.pid, a.duration, a.warmup)
-        c1 = run.closed_loop(ctx, w.port, "native", 1, w.proc.pid, a.duration, a.warmup)
-        quiesce(w.proc.pid)
-        cpu0 = proc_cpu(w.proc.pid)
-        r = run.run_load(ctx, "rate", {"port": w.port, "kind": "native", "room": f"ab-{v.name}", "rate": a.rate,
+        run.closed_loop(ctx, ws.port, "native", 16, pid, 3.0, 0.0)
+        ws.quiesce()
+        each0 = [proc_cpu(p_) for p_ in ws.pids]
+        c64 = run.closed_loop(ctx, ws.port, "native", 64, pid, a.duration, a.warmup)
+        # Cores each member used in that cell (warm-up included): the kernel's spread of the connections.
+        each = [(proc_cpu(p_) - c0) / (a.warmup + a.duration) for p_, c0 in zip(ws.pids, each0)]
+        ws.quiesce()
+        c1 = run.closed_loop(ctx, ws.port, "native", 1, pid, a.duration, a.warmup)
+        ws.quiesce()
+        cpu0 = ws.cpu()
+        r = run.run_load(ctx, "rate", {"port": ws.port, "kind": "native", "room": f"ab-{v.name}", "rate": a.rate,
                                        "duration": a.duration, "pool": 32, "text_bytes": run.TEXT_BYTES},
                          timeout=a.duration + 60)
-        quiesce(w.proc.pid, limit=60)  # the counting that trails the posts belongs to them
-        cpu = proc_cpu(w.proc.pid) - cpu0
-        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, w, tag=v.name)
+        ws.quiesce(limit=60)  # the counting that trails the posts belongs to them
+        cpu = ws.cpu() - cpu0
+        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, ws.members[0], tag=v.name)
         e2e.pop("_lat")
         return {"e2e_p99_ms": e2e["latency"].get("p99_ms"), "e2e_p50_ms": e2e["latency"].get("p50_ms"),
                 "e2e_delivered": e2e["delivered_fraction"],
                 "c64": c64["throughput"], "c64_p50_ms": run.pcts(c64["lat"])["p50_ms"],
-                "c1": c1["throughput"], "c1_p50_ms": run.pcts(c1["lat"])["p50_ms"],
+                "c64_cores_each": [round(x, 2) for x in each], "c1": c1["throughput"], "c1_p50_ms": run.pcts(c1["lat"])["p50_ms"],
                 "cpu_us_per_msg": 1e6 * cpu / r["ok"] if r["ok"] else None, "rate_ok": r["ok"],
                 "loadavg": os.getloadavg()[0]}
     finally:
-        w.stop_or_kill()
+        ws.stop_or_kill()
 
 
 def baselines(ctx: run.Ctx, a, bootstrap: str) -> dict:
@@ -178,7 +261,8 @@ def report(rounds: list[dict], names: list[str]) -> dict:
     for n in names:
         print(f"{n}: CPU per message (us): {spread([r[n]['cpu_us_per_msg'] for r in rounds])}; "
               f"c=64 {spread([r[n]['c64'] for r in rounds])} req/s; c=1 p50 {spread([r[n]['c1_p50_ms'] for r in rounds])} ms; "
-              f"e2e p99 {spread([r[n]['e2e_p99_ms'] for r in rounds])} ms")
+              f"e2e p99 {spread([r[n]['e2e_p99_ms'] for r in rounds])} ms; cores per process at c=64 "
+              + ", ".join(str(r[n]["c64_cores_each"]) for r in rounds))
     print(f"baselines: bare aiohttp c=64 {spread([r['base']['bare_c64'] for r in rounds])} req/s; aiokafka c=64 "
           f"{spread([r['base']['aiokafka_c64'] for r in rounds])} msg/s, c=1 p50 "
           f"{spread([r['base']['aiokafka_c1_p50_ms'] for r in rounds])} ms; bare fan-out e2e p99 "
@@ -195,6 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=REV[@PYTHON]",
                    help="a variant (repeat for more; instead of --a/--b): REV a commit or 'tree', PYTHON an "
                         "interpreter to run its worker with; ratios of CPU are against the first")
+    p.add_argument("--processes", action="append", default=[], metavar="NAME=N",
+                   help="run variant NAME as N whole workers sharing its port (SO_REUSEPORT): what lever 4 "
+                        "(KCHAT_WEB_PROCESSES) could pay at most, without what they would have to share")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load cell")
     p.add_argument("--warmup", type=float, default=2.0)
@@ -206,6 +293,12 @@ def main(argv=None) -> int:
     specs = a.variant or ([("A", a.a, None), ("B", a.b, None)] if a.a else [])
     if len(specs) < 2 or len({name for name, _, _ in specs}) < len(specs):
         p.error("give --a (and --b), or two or more --variant with distinct names")
+    processes = {}
+    for spec in a.processes:
+        name, _, n = spec.partition("=")
+        if name not in {s for s, _, _ in specs} or not n.isdigit() or not 1 <= int(n) <= 8:
+            p.error(f"--processes {spec!r}: expected NAME=N, NAME a variant's, N 1-8")
+        processes[name] = int(n)
     run.raise_nofile()
     # A SIGTERM (timeout, kill) tears the clusters and workers down like the end of the run does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -215,7 +308,7 @@ def main(argv=None) -> int:
     rounds: list[dict] = []
     try:
         for name, rev, python in specs:
-            variants.append(Variant(name, rev, tmp, python))
+            variants.append(Variant(name, rev, tmp, python, processes.get(name, 1)))
         create_topic(variants[0].cluster.bootstrap, "ab-aiokafka", 12, 1)
         for i in range(a.rounds):
             r = {"loadavg_start": os.getloadavg()[0], "base": baselines(ctx, a, variants[0].cluster.bootstrap)}
