@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from local_common import Fail  # beside this module, as it is beside kafka-local
+
 PREFIX = "kf-"
 SUBNET = "172.29.{index}"
 MAX_INDEX = 254
@@ -46,7 +48,7 @@ NFQUEUE = 7  # the queue number the delayer binds in each member's namespace
 DELAYER_MAX_SECONDS = 3600  # a delayer stops by itself after this long, teardown or not
 
 
-class NetFail(Exception):
+class NetFail(Fail):
     """A failure of the network tooling: one line for the user."""
 
 

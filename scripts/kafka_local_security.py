@@ -21,12 +21,14 @@ import struct
 import subprocess
 from pathlib import Path
 
+from local_common import Fail  # beside this module, as it is beside kafka-local
+
 MECHANISM = "SCRAM-SHA-512"
 LISTENER = "SASL_SSL"
 USERS = ("admin", "kchat")
 
 
-class SecurityFail(Exception):
+class SecurityFail(Fail):
     pass
 
 
