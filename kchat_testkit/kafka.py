@@ -22,6 +22,7 @@ KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 
 # kafka-local's layout: brokers on base..base+B-1, controllers on base+10.. (multi) or base+1 (single).
 PORT_SPAN = 13
+PORT_IN_USE = 4  # kafka-local's exit code when a port it needs is taken (its docstring's "Exit codes")
 UP_TIMEOUT = 240  # seconds for `up` itself (the box may be busy); the script waits at most --timeout for brokers
 
 
@@ -65,7 +66,7 @@ class KafkaCluster:
                            port_base=base, brokers=brokers)
             last = cp.stderr
             run_kafka_local("down", "--timeout", "10", state_dir=state_dir, check=False)
-            if "in use" not in cp.stderr:
+            if cp.returncode != PORT_IN_USE:  # only a taken port is worth another try elsewhere
                 break
         raise RuntimeError(f"kafka-local up ({brokers} broker(s), state {state_dir}) failed:\n{last[-4000:]}")
 
@@ -82,16 +83,13 @@ class KafkaCluster:
         self.run("start", str(node_id))
 
     def status(self) -> dict[int, dict]:
-        """{node_id: {"roles": [...], "port": int, "pid": int | None, "alive": bool}}"""
-        cp = self.run("status", check=False)
-        if cp.returncode not in (0, 3):
+        """{node_id: {"roles": [...], "port": int, "pid": int | None, "alive": bool}}; port: the broker's, or
+        a controller-only node's controller port (`kafka-local status --json`)."""
+        cp = self.run("status", "--json", check=False)
+        if cp.returncode not in (0, 3):  # 3: some node is dead, which is what callers look for
             raise RuntimeError(f"kafka-local status failed: {cp.stderr.strip()}")
-        out = {}
-        for line in cp.stdout.splitlines():
-            nid, roles, port, pid, state = line.split()
-            out[int(nid)] = {"roles": roles.split(","), "port": int(port),
-                             "pid": None if pid == "-" else int(pid), "alive": state == "alive"}
-        return out
+        return {n["id"]: {"roles": n["roles"], "port": n["broker_port"] or n["controller_port"], "pid": n["pid"],
+                          "alive": n["alive"]} for n in json.loads(cp.stdout)["nodes"]}
 
     def info(self) -> dict:
         """The cluster.json kafka-local keeps in the state dir."""

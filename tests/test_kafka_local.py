@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import uuid
@@ -11,7 +12,8 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from kchat_testkit.kafka import PORT_SPAN, KafkaCluster, create_topic, describe_topic, parse_describe, run_kafka_local
+from kchat_testkit.kafka import (PORT_IN_USE, PORT_SPAN, KafkaCluster, create_topic, describe_topic, parse_describe,
+                                 run_kafka_local)
 from kchat_testkit.procs import free_port_base, jvms_naming, pid_alive
 
 pytestmark = pytest.mark.kafka
@@ -108,6 +110,9 @@ def test_cluster4_kill_and_restart_a_broker(kafka4_cluster):
     status = kafka4_cluster.status()
     assert not status[3]["alive"] and all(s["alive"] for n, s in status.items() if n != 3)
     assert kafka4_cluster.run("status", check=False).returncode == 3
+    dead = kafka4_cluster.run("status", "--json", check=False)
+    assert dead.returncode == 3
+    assert [n["id"] for n in json.loads(dead.stdout)["nodes"] if not n["alive"]] == [3]
     # the controller fences broker 3 after broker.session.timeout.ms; ISRs shrink to the other three (each
     # look is a JVM's TopicCommand, which a busy machine runs slowly)
     deadline = time.monotonic() + 180
@@ -147,6 +152,24 @@ def test_status_lists_the_single_node_with_a_live_pid(kafka_cluster):
     assert kafka_cluster.run("bootstrap").stdout.strip() == kafka_cluster.bootstrap
 
 
+def test_status_json_is_the_state_for_programs(kafka_cluster):
+    if kafka_cluster.state_dir is None:
+        pytest.skip("external cluster (KCHAT_TEST_BOOTSTRAP)")
+    cp = kafka_cluster.run("status", "--json")
+    assert cp.returncode == 0
+    state = json.loads(cp.stdout)
+    recorded = kafka_cluster.info()
+    assert state["cluster_id"] == recorded["cluster_id"] and len(state["cluster_id"]) == 22  # base64 of a UUID
+    assert (state["mode"], state["bootstrap"]) == ("single", kafka_cluster.bootstrap)
+    assert state["state_dir"] == str(kafka_cluster.state_dir.resolve())
+    [node] = state["nodes"]
+    pid = int((kafka_cluster.state_dir / "pids" / "node-0.pid").read_text())
+    port = int(kafka_cluster.bootstrap.rsplit(":", 1)[1])
+    assert node == {"id": 0, "roles": ["broker", "controller"], "host": "127.0.0.1", "broker_port": port,
+                    "controller_port": port + 1, "pid": pid, "alive": True}
+    assert pid_alive(pid)
+
+
 @pytest.mark.parametrize("which", ["broker", "controller"])
 def test_up_refuses_a_taken_port_before_starting_anything(tmp_path, which):
     base = free_port_base(PORT_SPAN)
@@ -158,7 +181,7 @@ def test_up_refuses_a_taken_port_before_starting_anything(tmp_path, which):
         cp = run_kafka_local("up", "--port-base", str(base), state_dir=tmp_path / "state", check=False)
     finally:
         blocker.close()
-    assert cp.returncode == 1
+    assert cp.returncode == PORT_IN_USE
     assert cp.stdout == ""
     err = cp.stderr.strip().splitlines()
     assert len(err) == 1 and str(taken) in err[0] and "in use" in err[0], cp.stderr
@@ -182,9 +205,10 @@ def test_help_on_every_subcommand():
 
 
 def test_commands_without_a_cluster_fail_with_one_line(tmp_path):
-    for args in (["bootstrap"], ["status"], ["kill", "0"], ["describe", "x"]):
+    for args in (["bootstrap"], ["status"], ["status", "--json"], ["kill", "0"], ["describe", "x"]):
         cp = run_kafka_local(*args, state_dir=tmp_path, check=False)
         assert cp.returncode == 1, args
+        assert cp.stdout == "", args
         assert len(cp.stderr.strip().splitlines()) == 1 and "no Kafka cluster running" in cp.stderr
     cp = run_kafka_local("down", state_dir=tmp_path, check=False)
     assert cp.returncode == 0 and "nothing running" in cp.stderr
@@ -228,3 +252,44 @@ def test_up_timeout_names_the_node_and_its_log_and_stops_it(tmp_path):
     assert "Traceback" not in cp.stderr
     assert jvms_naming(state) == []
     assert not list((state / "pids").glob("*.pid"))
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("KCHAT_KAFKA_PORT", "abc", "an integer"),
+    ("KCHAT_KAFKA_PORT", "70000", "from 1 to 65535"),
+    ("KCHAT_KAFKA_STATE", "{file}", "a directory"),
+    ("KCHAT_CACHE", "{file}", "a directory"),
+    ("KCHAT_KAFKA_JVM_OPTS", "-Xss1m Xmx1g", "JVM options"),
+    ("KCHAT_KAFKA_CDS", "maybe", "1 or 0"),
+    ("JAVA_HOME", "{tmp}/no-jdk", "bin/java"),
+])
+def test_a_bad_environment_value_is_one_line_naming_it_and_starts_nothing(tmp_path, monkeypatch, name, value,
+                                                                           expected):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    value = value.format(file=tmp_path / "a-file", tmp=tmp_path)
+    monkeypatch.setenv(name, value)
+    if name != "KCHAT_KAFKA_STATE":
+        monkeypatch.setenv("KCHAT_KAFKA_STATE", str(tmp_path / "state"))
+    port_base = [] if name == "KCHAT_KAFKA_PORT" else ["--port-base", str(free_port_base(PORT_SPAN))]
+    cp = run_kafka_local("up", *port_base, "--timeout", "30", check=False)
+    assert cp.returncode == 1, cp.stderr
+    assert cp.stdout == "" and "Traceback" not in cp.stderr
+    [line] = cp.stderr.strip().splitlines()
+    assert line.startswith(f"kafka-local: error: {name}={value}: expected") and expected in line, line
+    assert jvms_naming(tmp_path / "state") == []
+    if name.startswith("KCHAT_"):  # kafka-local's own settings are checked before any command does anything
+        assert not (tmp_path / "state").exists()
+
+
+def test_kchat_kafka_port_sets_the_port_base(tmp_path, monkeypatch):
+    base = free_port_base(PORT_SPAN)
+    monkeypatch.setenv("KCHAT_KAFKA_PORT", str(base))
+    state = tmp_path / "env-port"
+    try:
+        up = run_kafka_local("up", state_dir=state)
+        assert up.stdout.strip().splitlines()[-1] == f"127.0.0.1:{base}"
+        nodes = json.loads(run_kafka_local("status", "--json", state_dir=state).stdout)["nodes"]
+        assert [(n["broker_port"], n["controller_port"]) for n in nodes] == [(base, base + 1)]
+    finally:
+        run_kafka_local("down", state_dir=state, check=False)
+    assert jvms_naming(state) == []
