@@ -143,7 +143,8 @@ JVMs: -Xms/-Xmx --heap, -XX:+UseSerialGC. --set applies to every node (controlle
 
     s = sub.add_parser("start", parents=[common], formatter_class=fmt, help="restart one stopped node",
                        description="Restart one node with its existing properties and data; returns when it "
-                                   "serves (a broker: listed in its own Metadata response).")
+                                   "serves (a broker: listed in its own Metadata response). Exit 4 if its port is "
+                                   "taken.")
     s.add_argument("node_id", type=int, metavar="NODE_ID")
     s.add_argument("--heap", default=None, help="JVM heap (default: as at `up`)")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")

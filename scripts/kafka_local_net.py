@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from local_common import Fail  # beside this module, as it is beside kafka-local
+from local_common import Fail, pid_alive, proc_argv  # beside this module, as it is beside kafka-local
 
 PREFIX = "kf-"
 SUBNET = "172.29.{index}"
@@ -177,11 +177,7 @@ def stop_pid(pid, sig=signal.SIGTERM, timeout=10.0):
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return
-        if state in ("Z", "X"):
+        if not pid_alive(pid):
             return
         time.sleep(0.05)
     if sig != signal.SIGKILL:
@@ -484,11 +480,8 @@ def disk_leftovers(state_root=None):
             found.append(f"mount {target}")
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"_delay" in argv and any(a.endswith(b"kafka-local") for a in argv) and (
-                    not state_root or str(state_root).encode() in argv):
+            argv = proc_argv(int(proc.name))
+            if "_delay" in argv and any(a.endswith("kafka-local") for a in argv) and (
+                    not state_root or str(state_root) in argv):
                 found.append(f"delayer process {proc.name}")
     return found
