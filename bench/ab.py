@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 # bench/ is on sys.path: this runs as a script beside harness.py
-from harness import REPO, TEXT_BYTES, BareServer, Ctx, closed_loop, e2e_cell, log, pcts, run_load
+from harness import REPO, TEXT_BYTES, BareServer, Ctx, closed_loop, copy_code, e2e_cell, log, pcts, run_load
 from kchat_testkit.kafka import KafkaCluster, create_topic
 from kchat_testkit.procs import proc_cpu, quiesce, raise_nofile
 from kchat_testkit.worker import Worker
@@ -64,8 +64,7 @@ def code_of(rev: str | None, into: Path) -> Path:
     """kchat_faust/ of a commit (git archive), or of the working tree when rev is None."""
     into.mkdir(parents=True)
     if rev is None:
-        shutil.copytree(REPO / "kchat_faust", into / "kchat_faust",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copy_code(REPO, into)
     else:
         archive = subprocess.run(["git", "archive", rev, "kchat_faust"], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)

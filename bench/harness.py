@@ -214,6 +214,12 @@ class BareServer:
 
 
 # -- the code and the workers ------------------------------------------------------------------
+def copy_code(src: Path, dst: Path) -> None:
+    """kchat_faust/ of the tree at src into dst, without caches."""
+    shutil.copytree(src / "kchat_faust", dst / "kchat_faust",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def snapshot_code(ctx: Ctx) -> dict:
     """Copy kchat_faust/ so that every worker of this run runs the same code even while the tree
     is being edited (workers import the copy: PYTHONPATH comes before the editable install)."""
@@ -221,8 +227,7 @@ def snapshot_code(ctx: Ctx) -> dict:
     if not (src / "kchat_faust" / "__init__.py").exists():
         raise SystemExit(f"--code {src}: no kchat_faust/ there")
     dst = ctx.tmp / "code"
-    shutil.copytree(src / "kchat_faust", dst / "kchat_faust",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_code(src, dst)
     digest = hashlib.sha1()
     for f in sorted((dst / "kchat_faust").rglob("*")):
         if f.is_file():
