@@ -39,12 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import run  # bench/ is on sys.path: this runs as a script beside run.py
+# bench/ is on sys.path: this runs as a script beside harness.py
+from harness import REPO, TEXT_BYTES, BareServer, Ctx, closed_loop, copy_code, e2e_cell, log, pcts, run_load
 from kchat_testkit.kafka import KafkaCluster, create_topic
-from kchat_testkit.procs import proc_cpu, quiesce
+from kchat_testkit.procs import proc_cpu, quiesce, raise_nofile
 from kchat_testkit.worker import Worker
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def venv_for(python: str) -> str:
@@ -55,7 +54,7 @@ def venv_for(python: str) -> str:
     venv = REPO / ".cache" / "bench-venvs" / f"python{version}"
     faust = venv / "bin" / "faust"
     if not faust.exists():
-        run.log(f"making {venv.relative_to(REPO)} (Python {version}; pip install of this project)")
+        log(f"making {venv.relative_to(REPO)} (Python {version}; pip install of this project)")
         subprocess.run([exe, "-m", "venv", "--clear", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(REPO)], check=True)
     return str(faust)
@@ -65,8 +64,7 @@ def code_of(rev: str | None, into: Path) -> Path:
     """kchat_faust/ of a commit (git archive), or of the working tree when rev is None."""
     into.mkdir(parents=True)
     if rev is None:
-        shutil.copytree(REPO / "kchat_faust", into / "kchat_faust",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copy_code(REPO, into)
     else:
         archive = subprocess.run(["git", "archive", rev, "kchat_faust"], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
@@ -180,52 +178,52 @@ class Workers:
                 w.stop_or_kill()
 
 
-def cell(ctx: run.Ctx, v: Variant, a) -> dict:
+def cell(ctx: Ctx, v: Variant, a) -> dict:
     """One variant's figures in one round, on fresh workers."""
     ws = v.worker()
     pid = ws.pids[0]  # the load client's own figure of server CPU reads one; the cells below sum them all
     try:
         # Warm it up unrecorded: connections, first batches, the agents' first commits.
-        run.closed_loop(ctx, ws.port, "native", 16, pid, 3.0, 0.0)
+        closed_loop(ctx, ws.port, "native", 16, pid, 3.0, 0.0)
         ws.quiesce()
         each0 = [proc_cpu(p_) for p_ in ws.pids]
-        c64 = run.closed_loop(ctx, ws.port, "native", 64, pid, a.duration, a.warmup)
+        c64 = closed_loop(ctx, ws.port, "native", 64, pid, a.duration, a.warmup)
         # Cores each member used in that cell (warm-up included): the kernel's spread of the connections.
         each = [(proc_cpu(p_) - c0) / (a.warmup + a.duration) for p_, c0 in zip(ws.pids, each0)]
         ws.quiesce()
-        c1 = run.closed_loop(ctx, ws.port, "native", 1, pid, a.duration, a.warmup)
+        c1 = closed_loop(ctx, ws.port, "native", 1, pid, a.duration, a.warmup)
         ws.quiesce()
         cpu0 = ws.cpu()
-        r = run.run_load(ctx, "rate", {"port": ws.port, "kind": "native", "room": f"ab-{v.name}", "rate": a.rate,
-                                       "duration": a.duration, "pool": 32, "text_bytes": run.TEXT_BYTES},
-                         timeout=a.duration + 60)
+        r = run_load(ctx, "rate", {"port": ws.port, "kind": "native", "room": f"ab-{v.name}", "rate": a.rate,
+                                   "duration": a.duration, "pool": 32, "text_bytes": TEXT_BYTES},
+                     timeout=a.duration + 60)
         ws.quiesce(limit=60)  # the counting that trails the posts belongs to them
         cpu = ws.cpu() - cpu0
-        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, ws.members[0], tag=v.name)
+        e2e = e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, ws.members[0], tag=v.name)
         e2e.pop("_lat")
         return {"e2e_p99_ms": e2e["latency"].get("p99_ms"), "e2e_p50_ms": e2e["latency"].get("p50_ms"),
                 "e2e_delivered": e2e["delivered_fraction"],
-                "c64": c64["throughput"], "c64_p50_ms": run.pcts(c64["lat"])["p50_ms"],
-                "c64_cores_each": [round(x, 2) for x in each], "c1": c1["throughput"], "c1_p50_ms": run.pcts(c1["lat"])["p50_ms"],
+                "c64": c64["throughput"], "c64_p50_ms": pcts(c64["lat"])["p50_ms"],
+                "c64_cores_each": [round(x, 2) for x in each], "c1": c1["throughput"], "c1_p50_ms": pcts(c1["lat"])["p50_ms"],
                 "cpu_us_per_msg": 1e6 * cpu / r["ok"] if r["ok"] else None, "rate_ok": r["ok"],
                 "loadavg": os.getloadavg()[0]}
     finally:
         ws.stop_or_kill()
 
 
-def baselines(ctx: run.Ctx, a, bootstrap: str) -> dict:
-    with run.BareServer(ctx, "bare.py", 4 * (a.duration + a.warmup + 60) + 60) as bare:
-        b64 = run.closed_loop(ctx, bare.port, "native", 64, bare.proc.pid, a.duration, a.warmup)
+def baselines(ctx: Ctx, a, bootstrap: str) -> dict:
+    with BareServer(ctx, "bare.py", 4 * (a.duration + a.warmup + 60) + 60) as bare:
+        b64 = closed_loop(ctx, bare.port, "native", 64, bare.proc.pid, a.duration, a.warmup)
     out = {"bare_c64": b64["throughput"]}
     for c in (64, 1):
-        r = run.run_load(ctx, "aiokafka", {"bootstrap": bootstrap, "topic": "ab-aiokafka", "concurrency": c,
-                                           "warmup": a.warmup, "duration": a.duration,
-                                           "record_bytes": run.TEXT_BYTES}, timeout=a.warmup + a.duration + 60)
+        r = run_load(ctx, "aiokafka", {"bootstrap": bootstrap, "topic": "ab-aiokafka", "concurrency": c,
+                                       "warmup": a.warmup, "duration": a.duration,
+                                       "record_bytes": TEXT_BYTES}, timeout=a.warmup + a.duration + 60)
         out[f"aiokafka_c{c}"] = r["throughput"]
-        out[f"aiokafka_c{c}_p50_ms"] = run.pcts(r["lat"])["p50_ms"]
+        out[f"aiokafka_c{c}_p50_ms"] = pcts(r["lat"])["p50_ms"]
     # The floor: the same end-to-end cell on a fan-out server without Kafka (one loop turn per batch).
-    with run.BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600, "0") as bare:
-        e2e = run.e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, bare, tag="floor")
+    with BareServer(ctx, "bare_fanout.py", a.e2e_duration + 600, "0") as bare:
+        e2e = e2e_cell(ctx, a.e2e_rate, a.e2e_subs, a.e2e_duration, bare, tag="floor")
     out["floor_e2e_p99_ms"] = e2e["latency"].get("p99_ms")
     out["floor_e2e_p50_ms"] = e2e["latency"].get("p50_ms")
     return out
@@ -299,10 +297,10 @@ def main(argv=None) -> int:
         if name not in {s for s, _, _ in specs} or not n.isdigit() or not 1 <= int(n) <= 8:
             p.error(f"--processes {spec!r}: expected NAME=N, NAME a variant's, N 1-8")
         processes[name] = int(n)
-    run.raise_nofile()
+    raise_nofile()
     # A SIGTERM (timeout, kill) tears the clusters and workers down like the end of the run does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ctx = run.Ctx(argparse.Namespace(subscribers="go", loop="asyncio"), time.strftime("%Y%m%d-%H%M%S"))
+    ctx = Ctx(argparse.Namespace(subscribers="go", loop="asyncio"), time.strftime("%Y%m%d-%H%M%S"))
     tmp = Path(tempfile.mkdtemp(prefix="kchat-ab-"))
     variants: list[Variant] = []
     rounds: list[dict] = []
@@ -314,10 +312,10 @@ def main(argv=None) -> int:
             r = {"loadavg_start": os.getloadavg()[0], "base": baselines(ctx, a, variants[0].cluster.bootstrap)}
             shift = i % len(variants)
             for v in variants[shift:] + variants[:shift]:
-                run.log(f"round {i + 1}: worker {v.name} ({v.rev})")
+                log(f"round {i + 1}: worker {v.name} ({v.rev})")
                 r[v.name] = cell(ctx, v, a)
             rounds.append(r)
-            run.log(f"round {i + 1}: {json.dumps(r)}")
+            log(f"round {i + 1}: {json.dumps(r)}")
         figures = report(rounds, [v.name for v in variants])
         out = ctx.results_dir / f"ab-{ctx.stamp}.json"
         out.write_text(json.dumps({"variants": {v.name: v.rev for v in variants}, "options": vars(a),
