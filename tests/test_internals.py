@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from pathlib import Path
 
 import faust
+import faust.streams
+import faust.tables.base
 import pytest
 from aiohttp.web_runner import AppRunner
 from aiokafka import AIOKafkaConsumer
@@ -258,8 +260,11 @@ def test_faust_builds_its_transports_and_web_through_the_apps_overrides():
     from kchat_faust.web import KchatWeb
 
     app = create_app(Settings())
-    assert isinstance(app.transport, KchatTransport) and isinstance(app.producer_transport, KchatTransport)
-    assert isinstance(app.web, KchatWeb)
+    assert isinstance(app.transport, KchatTransport) and isinstance(app.producer_transport, KchatTransport), (
+        "faust.App no longer builds its transports with _new_transport/_new_producer_transport: KchatApp's "
+        "overrides are not called (no fetch batching, no full flush before a commit)")
+    assert isinstance(app.web, KchatWeb), "faust.App no longer builds its web server with _new_web: KchatApp's " \
+                                          "override is not called"
 
 
 async def test_faust_builds_the_worker_consumer_through_the_batching_override():
