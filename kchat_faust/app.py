@@ -49,6 +49,8 @@ class KchatApp(faust.App):
     rate_limiter: RateLimiter
     stop_budget: StopBudget
 
+    # _new_transport, _new_producer_transport, _new_web and _stop_consumer are Faust internals:
+    # see internals.OVERRIDES.
     def _new_transport(self) -> KchatTransport:
         return KchatTransport(self.conf.broker_consumer, self)
 

@@ -19,16 +19,13 @@ publish, see copies.py) is not routed at all, nor are presence events.
 """
 from __future__ import annotations
 
-import weakref
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import faust
 import orjson
-from faust import streams
-from faust.types import TP
 
 from .inorder import InOrder
+from .internals import committed_offset, event_context
 from .models import ChatMessage, decode_record, keyed_id_of, partition_for
 
 if TYPE_CHECKING:
@@ -59,17 +56,6 @@ def counted(state: State | None, partition: int, offsets) -> State | None:
     if not new:
         return None
     return {"count": state["count"] + len(new), "seen": {**state["seen"], key: max(new)}}
-
-
-@contextmanager
-def event_context(event) -> Iterator[None]:
-    """Faust puts a table write into the partition of the event being processed, which its streams
-    keep in a context variable; a batch taken with take_events has no current event: lend one."""
-    token = streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        streams._current_event.reset(token)
 
 
 def by_partition(events) -> dict[int, list]:
@@ -218,7 +204,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
 
     def committed(partition: int) -> int | None:
         # Where Faust resumed the partition after its last assignment (it seeks there).
-        return app.consumer._committed_offset.get(TP(settings.topic, partition))
+        return committed_offset(app.consumer, settings.topic, partition)
 
     router = Router(send, lambda p: app.hub.judge(p), settings.default_room, settings.partitions, on_messages,
                     on_progress, on_keyed)
@@ -241,7 +227,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT,
     tally = Tally(table.get)
     tally_in_order = InOrder("count_messages", tally.take,
                              lambda p, start, stop: app.hub.reader.read(p, start, stop, topic=by_user),
-                             lambda p: app.consumer._committed_offset.get(TP(by_user, p)))
+                             lambda p: committed_offset(app.consumer, by_user, p))
 
     @app.agent(by_user_topic, name="kchat_faust.counting.count_messages")
     async def count_messages(stream):

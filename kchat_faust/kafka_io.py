@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from faust.transport.drivers import aiokafka as faust_kafka
 
 from .config import Settings
+from .internals import fetch_all_metadata, set_fetch_batching
 from .metrics import Metrics
 from .models import partition_for
 
@@ -100,17 +101,15 @@ class _BatchingConsumerThread(faust_kafka.AIOKafkaConsumerThread):
             if task is not None and task.cancelling():
                 raise
 
-    def _create_worker_consumer(self, transport):
+    def _create_worker_consumer(self, transport):  # a Faust internal, see internals.OVERRIDES
         consumer = super()._create_worker_consumer(transport)
-        # Faust passes no fetch_min_bytes and a fixed fetch_max_wait_ms of 1.5 s; aiokafka hands
-        # both to its fetcher when the consumer starts.
-        consumer._fetch_min_bytes = COUNTING_FETCH_MIN_BYTES
-        consumer._fetch_max_wait_ms = COUNTING_FETCH_MAX_WAIT_MS
+        # Faust passes no fetch_min_bytes and a fixed fetch_max_wait_ms of 1.5 s.
+        set_fetch_batching(consumer, COUNTING_FETCH_MIN_BYTES, COUNTING_FETCH_MAX_WAIT_MS)
         return consumer
 
 
 class _BatchingConsumer(faust_kafka.Consumer):
-    def _new_consumer_thread(self) -> _BatchingConsumerThread:
+    def _new_consumer_thread(self) -> _BatchingConsumerThread:  # a Faust internal, see internals.OVERRIDES
         return _BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def on_stop(self) -> None:
@@ -329,7 +328,7 @@ class KafkaRecordSource:
         topic = self.settings.topic
         while True:
             # A group-less consumer tracks no topic, so its own metadata cache never has ours.
-            cluster = await consumer._client.fetch_all_metadata()
+            cluster = await fetch_all_metadata(consumer)
             partitions = cluster.partitions_for_topic(topic)
             if partitions:
                 break

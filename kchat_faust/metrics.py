@@ -18,6 +18,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLE
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .internals import monitor_base, stream_label
+
 if TYPE_CHECKING:
     from .app import KchatApp
 
@@ -124,10 +126,10 @@ class KchatMonitor(PrometheusMonitor):
             child = self._label_children[key] = metric.labels(*labels)
         return child
 
-    # Each hook keeps Faust's own Monitor bookkeeping (super(PrometheusMonitor, self): what
-    # Faust's web views and commands read) and replaces only PrometheusMonitor's part.
+    # Each hook keeps Faust's own Monitor bookkeeping (monitor_base(self): what Faust's web views
+    # and commands read) and replaces only PrometheusMonitor's part (internals.PROMETHEUS_HOOKS_REPLACED).
     def on_message_in(self, tp, offset, message) -> None:
-        super(PrometheusMonitor, self).on_message_in(tp, offset, message)
+        monitor_base(self).on_message_in(tp, offset, message)
         m = self.faust_metrics
         m.messages_received.inc()
         m.active_messages.inc()
@@ -135,14 +137,14 @@ class KchatMonitor(PrometheusMonitor):
         self._child(m.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
 
     def on_stream_event_in(self, tp, offset, stream, event):
-        state = super(PrometheusMonitor, self).on_stream_event_in(tp, offset, stream, event)
+        state = monitor_base(self).on_stream_event_in(tp, offset, stream, event)
         m = self.faust_metrics
         m.total_events.inc()
         m.total_active_events.inc()
         child = self._stream_events.get(stream)
         if child is None:
             child = self._stream_events[stream] = m.total_events_per_stream.labels(
-                f"stream.{self._stream_label(stream)}.events")
+                f"stream.{stream_label(self, stream)}.events")
         child.inc()
         return state
 
@@ -150,37 +152,37 @@ class KchatMonitor(PrometheusMonitor):
         self._child(self.faust_metrics.table_operations, f"table.{table.name}", operation).inc()
 
     def on_table_get(self, table, key) -> None:
-        super(PrometheusMonitor, self).on_table_get(table, key)
+        monitor_base(self).on_table_get(table, key)
         self._table_op(table, self.KEYS_RETRIEVED)
 
     def on_table_set(self, table, key, value) -> None:
-        super(PrometheusMonitor, self).on_table_set(table, key, value)
+        monitor_base(self).on_table_set(table, key, value)
         self._table_op(table, self.KEYS_UPDATED)
 
     def on_table_del(self, table, key) -> None:
-        super(PrometheusMonitor, self).on_table_del(table, key)
+        monitor_base(self).on_table_del(table, key)
         self._table_op(table, self.KEYS_DELETED)
 
     def on_send_initiated(self, producer, topic, message, keysize, valsize):
         self._child(self.faust_metrics.topic_messages_sent, f"topic.{topic}").inc()
-        return super(PrometheusMonitor, self).on_send_initiated(producer, topic, message, keysize, valsize)
+        return monitor_base(self).on_send_initiated(producer, topic, message, keysize, valsize)
 
     def on_web_request_end(self, app, request, response, state, *, view=None) -> None:
-        super(PrometheusMonitor, self).on_web_request_end(app, request, response, state, view=view)
+        monitor_base(self).on_web_request_end(app, request, response, state, view=view)
         self._child(self.faust_metrics.http_status_codes, int(state["status_code"])).inc()
         # Faust's own sensor observes the time since time_end here, always ~0; this is the request's.
         self.faust_metrics.http_latency.observe(self.secs_to_ms(state["latency_end"]))
 
     def on_tp_commit(self, tp_offsets) -> None:
-        super(PrometheusMonitor, self).on_tp_commit(tp_offsets)
+        monitor_base(self).on_tp_commit(tp_offsets)
         for tp, offset in tp_offsets.items():
             self._child(self.faust_metrics.topic_partition_offset_commited, tp.topic, tp.partition).set(offset)
 
     def track_tp_end_offset(self, tp, offset) -> None:
-        super(PrometheusMonitor, self).track_tp_end_offset(tp, offset)
+        monitor_base(self).track_tp_end_offset(tp, offset)
         self._child(self.faust_metrics.topic_partition_end_offset, tp.topic, tp.partition).set(offset)
 
-    def _clear_partition_related_metrics(self) -> None:
+    def _clear_partition_related_metrics(self) -> None:  # a Faust internal, see internals.OVERRIDES
         super()._clear_partition_related_metrics()
         self._label_children.clear()
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 import faust
 import mode
 import orjson
-from faust.types import TP
 
 from .inorder import InOrder
+from .internals import committed_offset
 from .models import encode_presence, keyed_id
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def setup(app: "KchatApp", chat_topic: faust.TopicT):
 
     in_order = InOrder("presence", take,
                        lambda p, start, stop: app.hub.reader.read(p, start, stop, topic=topic.get_topic_name()),
-                       lambda p: app.consumer._committed_offset.get(TP(topic.get_topic_name(), p)))
+                       lambda p: committed_offset(app.consumer, topic.get_topic_name(), p))
 
     @app.agent(topic, name="kchat_faust.presence.track_presence")
     async def track_presence(stream):

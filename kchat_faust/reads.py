@@ -24,9 +24,9 @@ import time
 from typing import TYPE_CHECKING
 
 import orjson
-from faust.types import TP
 
 from .inorder import InOrder, Progress
+from .internals import committed_offset
 
 if TYPE_CHECKING:
     from .app import KchatApp
@@ -101,7 +101,7 @@ def setup(app: "KchatApp") -> LocalReads:
     table = app.small_table(TABLE)
 
     def committed(partition: int) -> int | None:
-        return app.consumer._committed_offset.get(TP(name, partition))
+        return committed_offset(app.consumer, name, partition)
 
     local = LocalReads(table, name, lambda p: app.hub.reader.end_offset(p, topic=name))
 

@@ -9,6 +9,7 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 
 from . import openapi, page, views
 from .auth import AuthError
+from .internals import use_web_runner
 from .kafka_io import KafkaUnavailable
 from .models import Unprocessable, ValidationError
 from .reads import ReadsBehind
@@ -58,7 +59,7 @@ class KchatWeb(faust_aiohttp.Web):
         # An idle event stream only notices a vanished client when it next writes; with handler
         # cancellation aiohttp cancels the handler as soon as the connection drops, so the
         # subscriber is released at once. Faust builds its runner without the option.
-        self._runner = web.AppRunner(self.web_app, access_log=None, handler_cancellation=True)
+        use_web_runner(self, web.AppRunner(self.web_app, access_log=None, handler_cancellation=True))
 
         async def close_streams(_web_app: web.Application) -> None:
             # Without this, aiohttp waits up to 60 s per open event stream before it stops.

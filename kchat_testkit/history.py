@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kchat_faust.internals import fetch_all_metadata
+
 from .sse import Subscriber
 
 KEY_RE = re.compile(r"^(\S+) ")
@@ -195,7 +197,7 @@ async def read_log(bootstrap: str, rooms: set[str], kafka_options: dict | None =
     out: list[LogRecord] = []
     try:
         # a group-less consumer tracks no topic, so its own metadata cache lacks this one
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await fetch_all_metadata(consumer)
         tps = [TopicPartition(TOPIC, p) for p in sorted(cluster.partitions_for_topic(TOPIC) or ())]
         ends = await consumer.end_offsets(tps)
         consumer.assign(tps)
