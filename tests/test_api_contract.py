@@ -41,20 +41,9 @@ def test_openapi_fuzzing_finds_no_5xx_and_every_response_conforms(kchat_worker):
 
 @pytest.fixture(scope="module")
 def limited_worker(worker_factory):
-    w = worker_factory(env={"KCHAT_MAX_STREAMS": "2", "KCHAT_RATE_LIMIT": "1", "KCHAT_RATE_BURST": "3",
-                            "KCHAT_MAX_BODY": "2048"})
+    w = worker_factory(env={"KCHAT_MAX_STREAMS": "2"})
     yield w
     w.stop()
-
-
-async def test_body_size_limit_is_configurable(limited_worker):
-    room = unique("body")
-    async with httpx.AsyncClient(timeout=20) as client:
-        r = await client.post(f"{limited_worker.url}/api/rooms/{room}/messages",
-                              json={"user": "big", "text": "x" * 2500})
-        assert r.status_code == 413 and r.json()["error"]
-        assert (await client.get(f"{limited_worker.url}/api/rooms/{room}/messages")).json()["messages"] == []
-        await post(client, limited_worker.url, room, "small", "x" * 1500)
 
 
 async def test_event_streams_are_capped_per_worker(limited_worker):
@@ -78,24 +67,6 @@ async def test_event_streams_are_capped_per_worker(limited_worker):
         assert [m["text"] for m in await third.wait_for(1)] == ["still flowing"]
     await second.stop()
     await third.stop()
-
-
-async def test_per_user_rate_limit_answers_429_with_retry_after(limited_worker):
-    room = unique("rate")
-    flooder, other = unique("flood"), unique("calm")
-    async with httpx.AsyncClient(timeout=20) as client:
-        for i in range(3):  # the burst
-            await post(client, limited_worker.url, room, flooder, f"ok{i}")
-        r = await client.post(f"{limited_worker.url}/api/rooms/{room}/messages",
-                              json={"user": flooder, "text": "one too many"})
-        assert r.status_code == 429, r.text
-        retry = int(r.headers["Retry-After"])
-        assert retry >= 1 and r.json()["error"]
-        await post(client, limited_worker.url, room, other, "another user is not limited")
-        await asyncio.sleep(retry)
-        await post(client, limited_worker.url, room, flooder, "after waiting")
-        texts = [m["text"] for m in (await client.get(f"{limited_worker.url}/api/rooms/{room}/messages")).json()["messages"]]
-    assert "one too many" not in texts and texts[-1] == "after waiting"
 
 
 @pytest.fixture(scope="module")
@@ -139,39 +110,24 @@ async def test_with_a_jwt_secret_workers_answer_each_other(own_kafka, tmp_path):
             w.stop_or_kill()
 
 
-async def test_with_a_jwt_secret_nobody_can_post_as_someone_else(auth_worker):
+async def test_with_a_jwt_secret_a_signed_post_is_stored_and_streamed(auth_worker):
+    # The refusals (401, 403) are tested in-process: tests/test_views.py.
     base, room = auth_worker.url, unique("auth")
     alice = {"Authorization": f"Bearer {token('alice')}"}
     async with httpx.AsyncClient(timeout=20) as client:
-        r = await client.post(f"{base}/api/rooms/{room}/messages", json={"user": "alice", "text": "no token"})
-        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
-        r = await client.post(f"{base}/api/rooms/{room}/messages", json={"user": "bob", "text": "spoof"},
-                              headers=alice)
-        assert r.status_code == 403 and "alice" in r.json()["error"]
-        for bad in (token("alice", secret="x" * 40), token("alice", exp=int(time.time()) - 10), "not.a.jwt"):
-            r = await client.post(f"{base}/api/rooms/{room}/messages", json={"user": "alice", "text": "bad"},
-                                  headers={"Authorization": f"Bearer {bad}"})
-            assert r.status_code == 401, bad
         r = await client.post(f"{base}/api/rooms/{room}/messages", json={"user": "alice", "text": "signed"},
                               headers=alice)
         assert r.status_code == 201
-        r = await client.post(f"{base}/api/topics/chatroom", content=b"bob: via the seed endpoint",
-                              headers={**alice, "Content-Type": "text/plain"})
-        assert r.status_code == 403
         r = await client.post(f"{base}/api/topics/chatroom", content=b"alice: via the seed endpoint",
                               headers={**alice, "Content-Type": "text/plain"})
         assert r.status_code == 200
 
-        assert (await client.get(f"{base}/api/rooms/{room}/messages")).status_code == 401
         history = await client.get(f"{base}/api/rooms/{room}/messages", headers=alice)
         assert [m["text"] for m in history.json()["messages"]] == ["signed"]
-        assert (await client.get(f"{base}/api/rooms/{room}/events")).status_code == 401
 
         # EventSource cannot send headers: the token may come as ?access_token=
         url = f"{base}/api/rooms/{room}/events"
-        async with client.stream("GET", url, params={"access_token": token("carol"),
-                                                     "last_event_id": "0:0"} if False else
-                                 {"access_token": token("carol")}) as stream:
+        async with client.stream("GET", url, params={"access_token": token("carol")}) as stream:
             assert stream.status_code == 200
             await client.post(f"{base}/api/rooms/{room}/messages", json={"user": "alice", "text": "live"},
                               headers=alice)
