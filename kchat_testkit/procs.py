@@ -8,6 +8,7 @@ import random
 import resource
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Kafka clusters and workers take ports below Linux's default ephemeral range (32768-60999), so that the
@@ -106,8 +107,13 @@ def quiesce(pid: int, limit: float = 30.0, below: float = 0.10) -> float:
     return time.monotonic() - began
 
 
-async def until(check, timeout: float, what: str, interval: float = 0.2):
-    """Poll check() (a plain function or a coroutine function) until it returns something true, and return that.
+def _given_up(what: str | Callable[[], str], timeout: float) -> str:
+    return f"{what() if callable(what) else what}: not within {timeout:g}s"
+
+
+async def until(check, timeout: float, what: str | Callable[[], str], interval: float = 0.2):
+    """Poll check() (a plain function or a coroutine function) until it returns something true, and return that;
+    fail the test with `what` (or what a function gives, asked only then: what was seen last) at the timeout.
 
     The timeout is a bound for a stalled machine, not a speed requirement: give it generous seconds."""
     deadline = time.monotonic() + timeout
@@ -117,8 +123,19 @@ async def until(check, timeout: float, what: str, interval: float = 0.2):
             got = await got
         if got:
             return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        assert time.monotonic() < deadline, _given_up(what, timeout)
         await asyncio.sleep(interval)
+
+
+def until_sync(check, timeout: float, what: str | Callable[[], str], interval: float = 0.2,
+               sleep: Callable[[float], object] = time.sleep):
+    """until() for code without an event loop. `sleep` waits between looks (a browser page's own wait, so that
+    its events are served meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, _given_up(what, timeout)
+        sleep(interval)
+    return got
 
 
 def raise_nofile() -> int:

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from kchat_faust.models import partition_for
-from kchat_testkit.chat import post, unique
+from kchat_testkit.chat import index_page, post, unique
 from kchat_testkit.procs import until
 from kchat_testkit.sse import Subscriber
 from kchat_testkit.worker import Worker
@@ -94,15 +94,9 @@ async def test_with_a_jwt_secret_workers_answer_each_other(own_kafka, tmp_path):
                 assert r.status_code == 201, r.text
             for w in workers:
                 for room in rooms.values():
-                    deadline = time.monotonic() + 120
-                    while True:  # a page from the index's holder, whichever worker that is
-                        r = await client.get(f"{w.url}/api/rooms/{room}/messages", headers=alice)
-                        assert r.status_code in (200, 503), r.text
-                        if r.status_code == 200 and not r.json().get("partial"):
-                            break
-                        assert time.monotonic() < deadline, f"{room} through {w.url}: {r.text}"
-                        await asyncio.sleep(1)
-                    assert [m["text"] for m in r.json()["messages"]] == [f"in {room}"]
+                    # a page from the index's holder, whichever worker that is
+                    body = await index_page(client, w.url, room, 120, headers=alice)
+                    assert [m["text"] for m in body["messages"]] == [f"in {room}"]
                     r = await client.get(f"{w.url}/api/rooms/{room}/presence", headers=alice)
                     assert r.status_code == 200, r.text
     finally:

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from kchat_faust.models import encode, new_message
 
 from kchat_testkit.chat import post, unique
+from kchat_testkit.procs import until
 from kchat_testkit.sse import Subscriber
 from kchat_testkit.worker import Worker
 
@@ -37,16 +38,13 @@ async def test_publish_answers_503_while_brokers_are_down_and_recovers(own_kafka
             assert took < publish_timeout + 25, f"the 503 took {took:.1f}s"
 
             own_kafka.start(0)
-            deadline = time.monotonic() + 90
-            while True:  # the same worker process, never restarted
+
+            async def posted() -> dict | None:  # through the same worker process, never restarted
                 r = await client.post(f"{worker.url}/api/rooms/{room}/messages",
                                       json={"user": "ann", "text": "after"})
-                if r.status_code == 201 or time.monotonic() > deadline:
-                    break
-                assert r.status_code == 503, r.text
-                await asyncio.sleep(1)
-            assert r.status_code == 201, r.text
-            after = r.json()
+                assert r.status_code in (201, 503), r.text
+                return r.json() if r.status_code == 201 else None
+            after = await until(posted, 90, "a post accepted after the brokers came back", interval=1)
             assert after["partition"] == before["partition"] and after["offset"] > before["offset"]
 
             # every 201 is in the log; the 503'd "during" may or may not be, never reported as stored
@@ -60,16 +58,6 @@ async def test_publish_answers_503_while_brokers_are_down_and_recovers(own_kafka
 
 def log_lines(worker: Worker) -> list[str]:
     return worker.log_path.read_text(errors="replace").splitlines()
-
-
-async def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        await asyncio.sleep(0.5)
 
 
 async def test_a_broker_outage_costs_a_few_log_lines_readyz_tells_and_sigterm_is_prompt(own_kafka, tmp_path):
@@ -92,16 +80,15 @@ async def test_a_broker_outage_costs_a_few_log_lines_readyz_tells_and_sigterm_is
                 return (sum("kafka: cannot reach a broker" in line for line in lines)
                         == sum("kafka: brokers answer again" in line for line in lines))
 
-            await wait_until(lambda: asyncio.sleep(0, episodes_closed()), 60, "start-up trouble over")
+            await until(episodes_closed, 60, "start-up trouble over", interval=0.5)
             seen = len(log_lines(worker))
             own_kafka.kill(0)
-            body = await wait_until(lambda: readyz(503), 60, "/readyz answered 503")
+            body = await until(lambda: readyz(503), 60, "/readyz answered 503", interval=0.5)
             assert body["ready"] is False and body["brokers"] is False
             # The outage's first summary comes 10 s (by the worker's clock) after its opening line: what was
             # logged until then is the outage's cost, however long a stalled machine took to get there.
-            await wait_until(lambda: asyncio.sleep(0, any("no broker reachable for" in line
-                                                          for line in log_lines(worker)[seen:])),
-                             90, "the outage's first summary")
+            await until(lambda: any("no broker reachable for" in line for line in log_lines(worker)[seen:]),
+                        90, "the outage's first summary", interval=0.5)
             outage = log_lines(worker)[seen:]
             # aiokafka alone wrote ~1,300 lines in 10 s here (one per retry of each client).
             assert len(outage) <= 30, "\n".join(outage[:40])
@@ -109,17 +96,16 @@ async def test_a_broker_outage_costs_a_few_log_lines_readyz_tells_and_sigterm_is
             assert any("no broker reachable for" in line for line in outage), outage
 
             own_kafka.start(0)
-            await wait_until(lambda: readyz(200), 90, "/readyz answered 200 again")
-            await wait_until(lambda: asyncio.sleep(0, any("kafka: brokers answer again" in line
-                                                          for line in log_lines(worker)[seen:])),
-                             60, "the outage's closing line")
+            await until(lambda: readyz(200), 90, "/readyz answered 200 again", interval=0.5)
+            await until(lambda: any("kafka: brokers answer again" in line for line in log_lines(worker)[seen:]),
+                        60, "the outage's closing line", interval=0.5)
 
             for i in range(10):  # counting and presence still have work in flight when the brokers go
                 await post(client, worker.url, room, f"v{i}", "bye")
             own_kafka.kill(0)  # gone for good: the worker must still stop promptly
             await asyncio.sleep(20)
             # and it has noticed: the stop below happens inside an open outage
-            await wait_until(lambda: asyncio.sleep(0, not episodes_closed()), 60, "the second outage's opening line")
+            await until(lambda: not episodes_closed(), 60, "the second outage's opening line", interval=0.5)
         # A stop waits on Kafka for 3 s in all (it once hung for 20 minutes): the slack is for a stalled machine.
         took = worker.stop(timeout=90)
         assert took < 30, f"worker took {took:.1f}s to stop with the brokers gone"
@@ -139,7 +125,7 @@ async def test_worker_stop_closes_open_streams_promptly(kchat_worker):
         # bound is slack for a stalled machine
         assert took < 40, f"worker took {took:.1f}s to stop with an open stream"
         # the server ended the stream: the client sees it as soon as its event loop runs again
-        await wait_until(lambda: asyncio.sleep(0, listener.ended), 30, "the stream ended by the server")
+        await until(lambda: listener.ended, 30, "the stream ended by the server", interval=0.5)
     finally:
         await listener.stop()
         kchat_worker.start()
@@ -221,8 +207,9 @@ async def test_a_worker_started_before_its_brokers_waits_for_them(tmp_path):
         start = asyncio.to_thread(worker.start, UP_TIMEOUT + 180.0)
         starting = asyncio.ensure_future(start)
         # it has met the missing brokers (not merely not started yet on a stalled machine), and holds on
-        await wait_until(lambda: asyncio.sleep(0, worker.proc is not None and worker.log_path.exists() and any(
-            "kafka: cannot reach a broker" in line for line in log_lines(worker))), 120, "the worker met no broker")
+        await until(lambda: worker.proc is not None and worker.log_path.exists() and any(
+            "kafka: cannot reach a broker" in line for line in log_lines(worker)), 120, "the worker met no broker",
+            interval=0.5)
         await asyncio.sleep(8)
         assert not starting.done() and worker.proc.poll() is None, "the worker gave up on its brokers"
         run_kafka_local("up", "--port-base", str(base), state_dir=tmp_path / "kafka")

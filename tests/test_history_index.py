@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from kchat_faust.models import ChatMessage, decode_record, encode, new_message, partition_for
-from kchat_testkit.chat import post
+from kchat_testkit.chat import index_page, post
 from kchat_testkit.kafka import KafkaCluster
 from kchat_testkit.worker import Worker
 
@@ -71,27 +71,11 @@ async def log_records(bootstrap: str, room: str) -> list[tuple[int, int]]:
         await consumer.stop()
 
 
-async def page(client: httpx.AsyncClient, base: str, room: str, timeout: float = 240.0, **params) -> dict:
-    """A history page from the room index: a 503 (the index catching up, the group moving), or a partial page
-    read from the log's end while no worker held the index, is asked again until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await client.get(f"{base}/api/rooms/{room}/messages", params=params)
-        if r.status_code == 200 and not r.json().get("partial"):
-            return r.json()
-        if r.status_code == 200:
-            assert time.monotonic() < deadline, "no worker answered from the room index"
-            await asyncio.sleep(1)
-            continue
-        assert r.status_code == 503 and time.monotonic() < deadline, (r.status_code, r.text)
-        await asyncio.sleep(1)
-
-
 async def whole(client: httpx.AsyncClient, base: str, room: str, limit: int = 37) -> list[int]:
     """Every message of the room, paging back with `before` to its start."""
     got, params = [], {"limit": str(limit)}
     while True:
-        body = await page(client, base, room, **params)
+        body = await index_page(client, base, room, **params)
         got = [m["offset"] for m in body["messages"]] + got
         if body["before"] is None:
             return got
@@ -125,12 +109,12 @@ async def test_any_rooms_whole_history(tmp_path):
             # A quiet room, then half a million records of another room in its partition.
             quiet = [await post(client, a.url, QUIET, "ann", f"q{i}") for i in range(3)]
             await flood(cluster.bootstrap, BUSY, FLOOD)
-            body = await page(client, a.url, QUIET)
+            body = await index_page(client, a.url, QUIET)
             assert [m["id"] for m in body["messages"]] == [m["id"] for m in quiet] and body["before"] is None
 
             # From a worker started after them (it restores or asks for the index, never scans).
             b = Worker(cluster.bootstrap, tmp_path / "b").start(240.0)
-            body = await page(client, b.url, QUIET)
+            body = await index_page(client, b.url, QUIET)
             assert [m["id"] for m in body["messages"]] == [m["id"] for m in quiet]
 
             # Paging back with `before` yields every message once, in log order, through either worker.
@@ -145,7 +129,7 @@ async def test_any_rooms_whole_history(tmp_path):
             t = records[150][1]  # Kafka's timestamp of the 151st message: offsets-for-times finds by these
             rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // 1000)) + f".{t % 1000:03d}Z"
             due = [o for o, ts in records if ts >= t]
-            body = await page(client, b.url, PAGED, limit="10", since=rfc3339)
+            body = await index_page(client, b.url, PAGED, limit="10", since=rfc3339)
             assert [m["offset"] for m in body["messages"]] == due[:10]
             streamed = await events(client, a.url, PAGED, 3, since=str(t))
             assert [int(e[1].split(":")[1]) for e in streamed] == due[:3]
@@ -174,7 +158,7 @@ async def test_any_rooms_whole_history(tmp_path):
             got = await events(client, b.url, PAGED, 2, headers={"Last-Event-ID": f"{part}:{expected[10]}"})
             assert got[0][0] == "gap" and got[0][2]["first_event_id"] == f"{part}:{cut}"
             assert got[1][1] == f"{part}:{cut}"
-            body = await page(client, a.url, PAGED, limit="500")
+            body = await index_page(client, a.url, PAGED, limit="500")
             assert [m["offset"] for m in body["messages"]] == expected[100:]
             assert body["before"] is None and body["gap"] == {"missing": 100, "first_event_id": f"{part}:{cut}"}
     finally:

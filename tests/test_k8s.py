@@ -21,7 +21,7 @@ from kubernetes_validate.utils import latest_version
 
 from tests.support import k8s as s
 from kchat_testkit.kafka import parse_describe
-from kchat_testkit.procs import jvms_naming
+from kchat_testkit.procs import jvms_naming, until_sync
 
 NAMESPACE = "kafka"
 CLUSTER_DOMAIN = "cluster.local"
@@ -484,13 +484,12 @@ def fake_kafka_home(home: Path, lib: str) -> Path:
 
 
 def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def logged() -> bool:
         if needle in path.read_text(errors="replace"):
-            return
+            return True
         assert proc.poll() is None, f"exited {proc.returncode}:\n{path.read_text()[-3000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"no {needle!r} within {timeout}s:\n{path.read_text()[-3000:]}")
+        return False
+    until_sync(logged, timeout, lambda: f"{needle!r} in {path.name} (its end:\n{path.read_text()[-3000:]}\n)")
 
 
 @pytest.mark.kafka

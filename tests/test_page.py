@@ -6,7 +6,6 @@ test-artifacts/ (gitignored).
 from __future__ import annotations
 
 import re
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from kchat_testkit.chat import unique
+from kchat_testkit.procs import until_sync
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -262,14 +262,17 @@ def unread(base: str, user: str) -> dict[str, dict]:
 
 
 def poll(page, check, what: str, timeout: float = 60.0):
-    """Polls check() -- (done, what it saw) -- while the page runs on; fails with the last thing seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, seen = check()
-        if done:
-            return seen
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s; last seen {seen}"
-        page.wait_for_timeout(500)
+    """Polls check() -- (done, what it saw) -- while the page runs on (its own wait serves its events); fails
+    with the last thing seen."""
+    seen = []
+
+    def done() -> bool:
+        ok, last = check()
+        seen[:] = [last]
+        return ok
+    until_sync(done, timeout, lambda: f"{what} (last seen {seen[0]})", interval=0.5,
+               sleep=lambda seconds: page.wait_for_timeout(seconds * 1000))
+    return seen[0]
 
 
 def test_unread_badges_in_the_room_list_and_the_room_on_screen_is_read(kchat_worker, open_page):

@@ -11,6 +11,7 @@ from httpx_sse import aconnect_sse
 from kchat_faust.models import partition_for
 from kchat_faust.presence import Tracker, close_sessions, empty_room, listing, open_session, presence_id
 from kchat_testkit.chat import post, unique
+from kchat_testkit.procs import until
 from kchat_testkit.worker import Worker
 
 
@@ -87,14 +88,6 @@ class Stream:
 
     def names(self, *kinds: str) -> list[tuple[str, str]]:
         return [(e, d["user"]) for e, d in self.events if e in kinds]
-
-
-async def until(check, timeout: float, what: str):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (got := await check()):
-        assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout}s"
-        await asyncio.sleep(0.2)
-    return got
 
 
 @pytest.mark.kafka

@@ -3,15 +3,16 @@ also after a restart with wiped local state and after a rebalance."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from kchat_faust import rooms
+from kchat_faust.hub import now_ms
 from kchat_faust.models import ChatMessage, decode_record, encode, new_message, partition_for
 from kchat_testkit.chat import post, unique
+from kchat_testkit.procs import until
 from kchat_testkit.worker import Worker
 
 MIN = 60_000
@@ -88,10 +89,10 @@ def truth(records: list, now_ms: int) -> dict[str, dict]:
 
 async def directory_matches(client, bootstrap: str, worker: Worker, ours: set[str]) -> bool:
     """One comparison, made only when no minute boundary passed while it was made."""
-    before = int(time.time() * 1000)
+    before = now_ms()
     records = await read_topic(bootstrap)
     r = await client.get(f"{worker.url}/api/rooms")
-    after = int(time.time() * 1000)
+    after = now_ms()
     if r.status_code != 200 or before // MIN != after // MIN:
         return False
     want = {room: e for room, e in truth(records, after).items() if room in ours}
@@ -101,10 +102,8 @@ async def directory_matches(client, bootstrap: str, worker: Worker, ours: set[st
 
 
 async def until_matches(client, bootstrap, worker, ours, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not await directory_matches(client, bootstrap, worker, ours):
-        assert time.monotonic() < deadline, f"the directory never matched the topic ({what})"
-        await asyncio.sleep(0.5)
+    await until(lambda: directory_matches(client, bootstrap, worker, ours), timeout,
+                f"the directory matching the topic ({what})", interval=0.5)
 
 
 @pytest.mark.kafka
@@ -114,7 +113,7 @@ async def test_the_directory_is_exact_after_a_restart_and_a_rebalance(own_kafka,
     w2 = Worker(own_kafka.bootstrap, tmp_path / "w2", env={"KCHAT_PARTITIONS": "12"})
     busy, calm, old = unique("busy"), unique("calm"), unique("old")
     ours = {busy, calm, old}
-    now = int(time.time() * 1000)
+    now = now_ms()
     producer = AIOKafkaProducer(bootstrap_servers=own_kafka.bootstrap, acks="all")
     await producer.start()
     try:  # messages from the past, by their record timestamps: event time, not arrival

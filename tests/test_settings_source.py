@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import time
 
 import httpx
 import pytest
 
 from kchat_testkit.chat import post, unique
+from kchat_testkit.procs import until_sync
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -20,13 +20,10 @@ FAUST_NAMES = {"BROKER_URL": "kafka://127.0.0.1:1", "APP_DATADIR": "/nonexistent
 
 def faust_settings(worker, timeout: float = 60.0) -> dict:
     """The worker's 'kchat faust settings' line: what Faust runs with, read back from its settings."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in worker.log_text().splitlines():
-            if "kchat faust settings: " in line:
-                return ast.literal_eval(line.split("kchat faust settings: ", 1)[1])
-        time.sleep(0.3)
-    raise AssertionError(f"no 'kchat faust settings' line in {worker.log_path}")
+    line = until_sync(lambda: next((line for line in worker.log_text().splitlines()
+                                    if "kchat faust settings: " in line), None),
+                      timeout, f"a 'kchat faust settings' line in {worker.log_path}", interval=0.3)
+    return ast.literal_eval(line.split("kchat faust settings: ", 1)[1])
 
 
 async def test_faust_names_change_nothing_and_kchat_names_do(worker_factory):

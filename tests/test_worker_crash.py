@@ -18,6 +18,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kchat_testkit import procs
 from kchat_testkit.chat import read_counts, unique
 from kchat_testkit.sse import Subscriber
 from kchat_testkit.worker import Worker
@@ -101,11 +102,8 @@ async def test_sigkilled_worker_keeps_counts_exact_and_its_subscribers_resume(ow
                 finally:
                     in_flight[w.url] -= 1
 
-        async def until(cond, timeout: float, what: str) -> None:
-            deadline = time.monotonic() + timeout
-            while not cond():
-                assert time.monotonic() < deadline, f"timed out waiting for {what}; " + "; ".join(timeline)
-                await asyncio.sleep(0.05)
+        async def until(cond, timeout: float, what: str) -> None:  # the timeline so far, if it times out
+            await procs.until(cond, timeout, lambda: f"{what}; " + "; ".join(timeline), interval=0.05)
 
         async with httpx.AsyncClient(timeout=30) as client:
             posters = [asyncio.create_task(poster(client)) for _ in range(4)]
