@@ -13,6 +13,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from kchat_faust import internals
 from kchat_faust.models import partition_for
 
 from .kafka import KafkaCluster, Partition, parse_describe, run_kafka_local
@@ -90,9 +91,9 @@ class Env:
                                     request_timeout_ms=10000)
         await consumer.start()
         try:
-            meta = await consumer._client.fetch_all_metadata()  # group-less: its own cache lacks the topic
+            meta = await internals.fetch_all_metadata(consumer)
             return {p: Partition(p, pm.leader, list(pm.replicas), list(pm.isr))
-                    for p, pm in meta._partitions.get(TOPIC, {}).items()}
+                    for p, pm in internals.topic_partitions(meta, TOPIC).items()}
         finally:
             await consumer.stop()
 

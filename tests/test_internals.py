@@ -32,6 +32,7 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 from prometheus_client import CollectorRegistry
 
 import kchat_faust
+import kchat_testkit
 from kchat_faust import internals
 from kchat_faust.config import Settings
 
@@ -344,20 +345,22 @@ def test_the_shadow_check_sees_a_shadowed_name():
 
 
 def test_internals_is_the_only_module_that_reaches_a_private_name_of_the_libraries():
-    # Outside internals.py our code may name a library's private attribute only when it overrides it.
-    package = Path(kchat_faust.__file__).parent
+    # Outside internals.py our code (the service and the testkit) may name a library's private attribute
+    # only when it overrides it.
+    packages = (kchat_faust, kchat_testkit)
     overridden = {o.name for o in internals.OVERRIDES}
     # Our own classes' private attributes (e.g. a Publisher's _producer, read by its PresenceSender).
-    own = {name for info in pkgutil.iter_modules(kchat_faust.__path__)
-           for cls in vars(importlib.import_module(f"kchat_faust.{info.name}")).values()
-           if inspect.isclass(cls) and cls.__module__.startswith("kchat_faust.") for name in _private_attributes_set(cls)}
+    own = {name for package in packages for info in pkgutil.iter_modules(package.__path__)
+           for cls in vars(importlib.import_module(f"{package.__name__}.{info.name}")).values()
+           if inspect.isclass(cls) and cls.__module__.startswith(package.__name__ + ".")
+           for name in _private_attributes_set(cls)}
     found = []
-    for path in sorted(package.glob("*.py")):
-        if path.name == "internals.py":
+    for path in sorted(p for package in packages for p in Path(package.__file__).parent.glob("*.py")):
+        if path.name == "internals.py" and path.parent.name == "kchat_faust":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) \
                     and node.attr not in overridden | own:
-                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+                found.append(f"{path.parent.name}/{path.name}:{node.lineno} .{node.attr}")
     assert found == [], "private attributes reached outside internals.py:\n" + "\n".join(found)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from kchat_faust import rooms
+from kchat_faust import internals, rooms
 from kchat_faust.hub import now_ms
 from kchat_faust.models import ChatMessage, decode_record, encode, new_message, partition_for
 from kchat_testkit.chat import post, unique
@@ -56,7 +56,7 @@ async def read_topic(bootstrap: str) -> list:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await internals.fetch_all_metadata(consumer)
         tps = [TopicPartition("chatroom", p) for p in cluster.partitions_for_topic("chatroom")]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

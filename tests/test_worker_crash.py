@@ -18,6 +18,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kchat_faust import internals
 from kchat_testkit import procs
 from kchat_testkit.chat import read_counts, unique
 from kchat_testkit.sse import Subscriber
@@ -46,8 +47,7 @@ async def records_in(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        # a group-less consumer tracks no topic, so its own metadata cache lacks this one (as in fanout.py)
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await internals.fetch_all_metadata(consumer)
         tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         ends, begins = await consumer.end_offsets(tps), await consumer.beginning_offsets(tps)
         return sum(ends[tp] - begins[tp] for tp in tps)
