@@ -13,7 +13,7 @@ from k8s_local_install import install
 from k8s_local_net import sysctl_values
 from k8s_local_procs import live_pid
 from k8s_local_up import up
-from local_common import Fail, info
+from local_common import Fail, info, print_leftovers
 
 
 def cmd_install(args):
@@ -81,13 +81,7 @@ def cmd_down(args):
 
 
 def cmd_leftovers(args):
-    # Namespaces, mounts and exiting processes go a moment after `down` returns: list only what stays.
-    deadline = time.monotonic() + args.wait
-    while (left := find_leftovers()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for line in left:
-        print(line)
-    return 1 if left else 0
+    return print_leftovers(find_leftovers, args.wait)
 
 
 def cmd_sysctls(args):

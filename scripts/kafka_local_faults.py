@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import kafka_local_net as netns
 from kafka_local_jvm import lib_dir, run_tool
 from kafka_local_state import State, find_node, require_cluster, running_nodes
-from local_common import Fail, info
+from local_common import Fail, info, print_leftovers
 
 # `slow` starts its delayers as `kafka-local _delay ...` inside the members' namespaces
 SCRIPT = Path(__file__).resolve().with_name("kafka-local")
@@ -127,13 +126,7 @@ def cmd_leftovers(args):
             return found + netns.leftovers(index, None if args.all else state.root)
         return found + netns.disk_leftovers(state.root)  # never had a network: its disks and delayers only
 
-    # The kernel lets go of a detached loop device or a deleted namespace a moment later: list only what stays.
-    deadline = time.monotonic() + args.wait
-    while (found := look()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for item in found:
-        print(item)
-    return 1 if found else 0
+    return print_leftovers(look, args.wait)
 
 
 def cmd_delay(args):

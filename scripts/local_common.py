@@ -129,6 +129,18 @@ def read_sysctl(key: str) -> str | None:
         return None
 
 
+def print_leftovers(look, wait: float) -> int:
+    """Print what look() (a list of lines) still finds once it stops shrinking, and return the exit code of a
+    `leftovers` verb: 1 if anything is left. The kernel lets go of a deleted namespace, a detached loop device
+    or an exiting process a moment after `down` returns: only what stays for `wait` seconds counts."""
+    deadline = time.monotonic() + wait
+    while (found := look()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for line in found:
+        print(line)
+    return 1 if found else 0
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds since the epoch, as Kafka's and Kubernetes' timestamps are."""
     return int(time.time() * 1000)

@@ -138,3 +138,11 @@ def test_main_guard_turns_failures_into_one_line_and_an_exit_code(capsys):
     assert capsys.readouterr().err == "tool: interrupted\n"
     lc.info("progress")  # progress lines carry the tool's name from then on
     assert capsys.readouterr().err == "tool: progress\n"
+
+
+def test_print_leftovers_waits_for_what_goes_and_reports_what_stays(capsys):
+    going = iter([["namespace kf-1", "loop0"], ["loop0"], []])
+    assert lc.print_leftovers(lambda: next(going), wait=5) == 0  # all gone within the wait: nothing printed
+    assert capsys.readouterr().out == ""
+    assert lc.print_leftovers(lambda: ["loop0"], wait=0.6) == 1
+    assert capsys.readouterr().out == "loop0\n"
