@@ -7,9 +7,12 @@ dead broker causes end in 503s, so the "503 = not confirmed" accounting is exerc
 """
 from __future__ import annotations
 
+import asyncio
+import random
+
 import pytest
 
-from kchat_testkit import chaos
+from kchat_testkit import chaos, chaos_disrupt
 from kchat_testkit.sse import Event, Subscriber
 
 
@@ -103,3 +106,45 @@ def test_checks_catch_each_kind_of_damage(damage, words):
         rep.kills_while_posting = 0
     failures = rep.check()
     assert any(words in f for f in failures), failures
+
+
+# -- the schedule beside the load (no Kafka) --------------------------------------------------------------------
+class CountingDisruption:
+    """Every 10 ms a cycle that 'kills' something for 50 ms; records whether posting was still under way
+    when each began, and how many ended."""
+    what = "thing"
+
+    def __init__(self):
+        self.began: list[bool] = []
+        self.ended = 0
+
+    async def during(self, phase):
+        async def cycle():
+            self.began.append(not phase.posting_done.is_set())
+            phase.report.kills_while_posting += not phase.posting_done.is_set()
+            await asyncio.sleep(0.05)
+            self.ended += 1
+        await chaos_disrupt.every(0.01, phase, cycle)
+
+
+class LoadUntil:
+    """Posting that lasts until the disruption has begun three cycles (and posts nothing)."""
+    def __init__(self, rep, disruption):
+        self.report, self.disruption = rep, disruption
+        self.say = lambda text: None
+
+    async def post_all(self, session, phase):
+        while len(self.disruption.began) < 3:
+            await asyncio.sleep(0.005)
+
+
+async def test_a_disruption_runs_one_cycle_at_a_time_while_posting_and_its_last_cycle_is_awaited():
+    rep = chaos.Report(config=chaos.Config())
+    disruption = CountingDisruption()
+    phase = chaos.Phase(rep, random.Random(1), say=lambda text: None)
+    await asyncio.wait_for(chaos.under_load(LoadUntil(rep, disruption), disruption, None, phase), 30)
+    # slots that came while a cycle was under way were skipped, none began after the posting ended, and
+    # under_load returned only once the third cycle was over (what it stopped runs again)
+    assert disruption.began == [True, True, True]
+    assert disruption.ended == 3
+    assert rep.kills_while_posting == 3 and phase.posting_done.is_set()
