@@ -101,11 +101,11 @@ faults: setup test-tools
 # tests/); test-artifacts/k8s-e2e.json. The cluster is removed at the end unless K8S_KEEP=1.
 # K8S_E2E_ARGS: pytest's and k8s/tests/conftest.py's options (-x, --posts N, --rate R, --deadline S, ...).
 k8s-e2e: test-setup
-	$(PY) -m pytest k8s/tests -ra $(K8S_E2E_ARGS)
+	$(PY) -m pytest k8s/tests -v -ra --tb=short $(K8S_E2E_ARGS)
 
 # The short run that `make test` includes (tests/test_k8s_local.py): up, images, apply, Ready, one round trip.
 k8s-smoke: test-setup
-	$(PY) -m pytest k8s/tests --smoke -ra $(K8S_E2E_ARGS)
+	$(PY) -m pytest k8s/tests --smoke -v -ra --tb=short $(K8S_E2E_ARGS)
 
 k8s-down:
 	@scripts/k8s-local down

@@ -85,9 +85,13 @@ def pytest_configure(config):
     prog = "k8s-smoke" if opts.smoke else "k8s-e2e"
 
     def say(text: str) -> None:
-        """A progress line, shown as it happens: a run is long and its steps come from threads too."""
+        """A progress line, shown as it happens (not captured: a run is long), on a line of its own."""
+        terminal = config.pluginmanager.getplugin("terminalreporter")
         with lock, (capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()):
-            print(f"{prog}: {text}", flush=True)
+            if terminal:
+                terminal.write_line(f"{prog}: {text}", flush=True)
+            else:
+                print(f"{prog}: {text}", flush=True)
 
     config.stash[RECORD] = Record(name=prog, say=say)
     config.stash[CLUSTER] = Cluster(Kube(opts.deadline, say), opts, config.stash[RECORD], random.Random(opts.seed))
@@ -144,6 +148,7 @@ class Detail:
 
 
 DETAIL = pytest.StashKey[Detail]()
+LINE = pytest.StashKey[str]()
 
 
 def pytest_runtest_setup(item):
@@ -169,8 +174,14 @@ def pytest_runtest_makereport(item, call):
             if item.get_closest_marker("essential") or isinstance(e, Deadline):
                 record.first_failure = record.first_failure or name
             c.collect_logs(name)
-        record.add(name, report.passed, call.duration, detail, test=item.nodeid)
+        item.stash[LINE] = record.add(name, report.passed, call.duration, detail, test=item.nodeid)
     return report
+
+
+def pytest_runtest_teardown(item):
+    # the check's line under pytest's line for the test (-v), not in the middle of it
+    if LINE in item.stash:
+        item.config.stash[RECORD].say(item.stash[LINE])
 
 
 @pytest.hookimpl(trylast=True)  # after the runner's own, which tears the session's fixtures down (-x too)

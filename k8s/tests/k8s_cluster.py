@@ -52,11 +52,15 @@ class Record:
     first_failure: str | None = None
     began: float = field(default_factory=time.monotonic)
 
-    def add(self, name: str, passed: bool, seconds: float, detail: str, test: str | None = None) -> None:
+    def add(self, name: str, passed: bool, seconds: float, detail: str, test: str | None = None) -> str:
+        """Record a check; returns its line (shown at once for a step, after pytest's own line for a test)."""
         entry = {"name": name, "result": "passed" if passed else "failed", "seconds": round(seconds, 1),
                  "detail": detail}
         self.checks.append({**entry, "test": test} if test else entry)
-        self.say(f"{'PASS' if passed else 'FAIL'} {name} ({seconds:.1f}s): {detail}")
+        line = f"{'PASS' if passed else 'FAIL'} {name} ({seconds:.1f}s): {detail}"
+        if not test:
+            self.say(line)
+        return line
 
     def step(self, name: str, fn: Callable[[], str]) -> None:
         """A step of the cluster fixture, recorded as a check: a failure also fails every test after it."""
