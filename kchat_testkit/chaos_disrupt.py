@@ -93,6 +93,11 @@ class LocalBrokerKill:
         return all(status[b]["alive"] for b in range(BROKERS))
 
 
+async def brokers_ready(kube: Kube) -> bool:
+    """Every broker pod of the cluster Ready: on Kubernetes, what "every broker runs again" means."""
+    return len((await blocking(kube.ready_pods, "app=kafka"))[1]) == BROKERS
+
+
 class PodDelete:
     """Every interval s a random broker pod (app=kafka) is deleted, the next once the last is back Ready; once
     85 % of the posts are out, one kchat pod instead (the Deployment replaces it). figures: each deletion,
@@ -171,7 +176,7 @@ class PodDelete:
         return {"pod": pod, "t": round(t - phase.t0, 1), "replaced_ready_s": back, "while_posting": while_posting}
 
     async def all_back(self) -> bool:
-        return len((await blocking(self.kube.ready_pods, "app=kafka"))[1]) == BROKERS
+        return await brokers_ready(self.kube)
 
 
 class RollingUpdate:
@@ -227,4 +232,4 @@ class RollingUpdate:
                                  f"minAvailable {min_available}")
 
     async def all_back(self) -> bool:
-        return len((await blocking(self.kube.ready_pods, "app=kafka"))[1]) == BROKERS
+        return await brokers_ready(self.kube)

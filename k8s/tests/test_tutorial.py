@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -188,7 +189,7 @@ async def test_seed_round_trip(cluster, check):
 @check_name("kchat-cli against :30066: send, listen, stats complete")
 def test_kchat_cli(cluster, check):
     kube, user = cluster.kube, f"{cluster.run_id}-bob"
-    base = [sys.executable.rsplit("/", 1)[0] + "/kchat-cli", "--url", WEB]
+    base = [str(Path(sys.executable).parent / "kchat-cli"), "--url", WEB]  # the virtualenv's
     first = json.loads(kube.sh([*base, "send", "--user", user, "--json", "first"]).stdout)
     listen = subprocess.Popen([*base, "listen", "--since", first["event_id"], "--count", "2", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
