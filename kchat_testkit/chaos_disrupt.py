@@ -99,23 +99,25 @@ async def brokers_ready(kube: Kube) -> bool:
 
 
 class PodDelete:
-    """Every interval s a random broker pod (app=kafka) is deleted, the next once the last is back Ready; once
-    85 % of the posts are out, one kchat pod instead (the Deployment replaces it). figures: each deletion,
-    the partitions' leaders before and after; failures: what the schedule could not do."""
+    """Every interval s a random broker pod (app=kafka) is deleted, the next once the last is back Ready; then,
+    once 85 % of the posts are out -- or sooner, when another broker deletion would last past that point --
+    one kchat pod (the Deployment replaces it). figures: each deletion, the partitions' leaders before and
+    after; failures: what the schedule could not do."""
 
     what = "broker pod"
+    KCHAT_AT = 0.85  # of the posts: late enough that most of the load saw the brokers go, early enough to be seen
 
     def __init__(self, kube: Kube, interval: float) -> None:
         self.kube, self.interval = kube, interval
-        self.figures: dict = {"deletions": []}
+        self.figures: dict = {"deletions": [], "kchat_pod_deleted": None}
         self.failures: list[str] = []
+        self.longest = 0.0  # seconds the slowest broker deletion took until the pod was back Ready
 
     async def during(self, phase: Phase) -> None:
         fig = self.figures
         before = parse_describe(await blocking(self.kube.describe))
         fig["leaders_before"] = {p: v.leader for p, v in sorted(before.items())}
-        fig["kchat_pod_deleted"] = None
-        await every(self.interval, phase, lambda: self.cycle(phase))
+        await self.schedule(phase)
         after = parse_describe(await blocking(self.kube.describe))
         fig["leaders_after"] = {p: v.leader for p, v in sorted(after.items())}
         fig["leadership_moves"] = sum(d.get("leaders_moved", 0) for d in fig["deletions"])
@@ -123,20 +125,37 @@ class PodDelete:
         if fig["kchat_pod_deleted"] is None:
             self.failures.append("no kchat pod was deleted while posting: raise --posts or lower --interval")
 
-    async def cycle(self, phase: Phase) -> None:
-        rep = phase.report
-        if len(rep.posts) < 0.85 * rep.config.posts:
+    def kchat_due(self, phase: Phase) -> bool:
+        # A broker deletion takes as long as the pod takes to be Ready again (a minute, on a busy node): one
+        # started too late would still be under way when the posts end, and the kchat pod never deleted.
+        cfg = phase.report.config
+        at = phase.t0 + self.KCHAT_AT * cfg.posts / cfg.rate
+        return len(phase.report.posts) >= self.KCHAT_AT * cfg.posts or time.monotonic() + self.longest >= at
+
+    async def schedule(self, phase: Phase) -> None:
+        k = 1
+        while not phase.posting_done.is_set():
+            if self.kchat_due(phase):
+                d = await blocking(self.delete_kchat_pod, phase)
+                self.figures["kchat_pod_deleted"] = d
+                phase.log(f"deleted {d['pod']}: 2/2 Ready again after {d['replaced_ready_s']}s")
+                phase.report.kills_while_posting += d.pop("while_posting")
+                return
+            slot = phase.t0 + k * self.interval
+            if time.monotonic() < slot:  # a second at most: the kchat pod may come due meanwhile
+                try:
+                    await asyncio.wait_for(phase.posting_done.wait(), min(1.0, slot - time.monotonic()))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            t = time.monotonic()
             d = await blocking(self.delete_broker, phase, f"kafka-{phase.rng.randrange(BROKERS)}")
+            self.longest = max(self.longest, time.monotonic() - t)
             self.figures["deletions"].append(d)
             phase.log(f"deleted {d['pod']}: " + (d["error"] if "error" in d else
                       f"back Ready after {d['back_ready_s']}s, {d['leaders_moved']} leaders moved"))
-        elif self.figures["kchat_pod_deleted"] is None:
-            d = await blocking(self.delete_kchat_pod, phase)
-            self.figures["kchat_pod_deleted"] = d
-            phase.log(f"deleted {d['pod']}: 2/2 Ready again after {d['replaced_ready_s']}s")
-        else:
-            return
-        rep.kills_while_posting += d.pop("while_posting", False)
+            phase.report.kills_while_posting += d.pop("while_posting", False)
+            k = max(k + 1, int(phase.rel() / self.interval) + 1)  # a slot that passed meanwhile is skipped
 
     def delete_broker(self, phase: Phase, pod: str) -> dict:
         kube, t = self.kube, time.monotonic()

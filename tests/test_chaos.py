@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -148,3 +149,36 @@ async def test_a_disruption_runs_one_cycle_at_a_time_while_posting_and_its_last_
     assert disruption.began == [True, True, True]
     assert disruption.ended == 3
     assert rep.kills_while_posting == 3 and phase.posting_done.is_set()
+
+
+class SlowPodDelete(chaos_disrupt.PodDelete):
+    """PodDelete's schedule with pods that take broker_seconds to be back (no cluster)."""
+    def __init__(self, interval, broker_seconds):
+        super().__init__(kube=None, interval=interval)
+        self.broker_seconds = broker_seconds
+
+    def delete_broker(self, phase, pod):
+        while_posting = not phase.posting_done.is_set()
+        time.sleep(self.broker_seconds)
+        return {"pod": pod, "back_ready_s": self.broker_seconds, "leaders_moved": 0, "while_posting": while_posting}
+
+    def delete_kchat_pod(self, phase):
+        return {"pod": "kchat-0", "replaced_ready_s": 0.0, "while_posting": not phase.posting_done.is_set()}
+
+
+async def test_pod_delete_deletes_the_kchat_pod_while_posting_even_when_broker_pods_are_slow_to_return():
+    rep = chaos.Report(config=chaos.Config(posts=200, rate=100))  # posting lasts 2 s
+    phase = chaos.Phase(rep, random.Random(1), say=lambda text: None)
+    pods = SlowPodDelete(interval=0.1, broker_seconds=0.4)
+
+    async def post():
+        for i in range(200):
+            await asyncio.sleep(max(0.0, phase.t0 + i / 100 - time.monotonic()))
+            rep.posts.append(chaos.Post(i=i, user="u", text=f"m{i}", worker=0))
+        phase.posting_done.set()
+
+    await asyncio.wait_for(asyncio.gather(post(), pods.schedule(phase)), 30)
+    assert pods.figures["deletions"], "no broker pod was deleted"
+    assert pods.figures["kchat_pod_deleted"] is not None, "the kchat pod was never deleted"
+    # every deletion, the kchat pod's too, came while posts were going out
+    assert rep.kills_while_posting == len(pods.figures["deletions"]) + 1
