@@ -18,7 +18,8 @@ help:
 	@echo "make faults  the fault suite: kills, pauses, partitions, slow network, disk stall (root; <= 30 min;"
 	@echo "             FAULTS_ARGS=--quick: three of them, part of make test)"
 	@echo "make k8s-e2e the tutorial on a one-node Kubernetes built here: Part 1, Part 2, a rolling update"
-	@echo "             (~20 min, +20 the first time; K8S_KEEP=1 leaves the cluster up; make k8s-down removes it)"
+	@echo "             (~20 min, +20 the first time; K8S_KEEP=1 leaves the cluster up; make k8s-down removes it;"
+	@echo "             K8S_E2E_ARGS=-x stops at the first failure; pytest tests in k8s/tests/)"
 
 # Debian keeps nft, iptables, losetup ... in /usr/sbin, which a non-root PATH lacks. Go fetches the toolchain
 # a module asks for (Debian's go.env says local).
@@ -96,13 +97,15 @@ faults: setup test-tools
 	$(PY) bench/faults.py $(FAULTS_ARGS)
 
 # A one-node Kubernetes built here (scripts/k8s-local), the images built here, k8s/overlays/local applied and
-# the tutorial checked step by step; test-artifacts/k8s-e2e.json. The cluster is removed at the end unless K8S_KEEP=1.
+# the tutorial checked step by step: the pytest tests of k8s/tests/ (not in make test's collection, which is
+# tests/); test-artifacts/k8s-e2e.json. The cluster is removed at the end unless K8S_KEEP=1.
+# K8S_E2E_ARGS: pytest's and k8s/tests/conftest.py's options (-x, --posts N, --rate R, --deadline S, ...).
 k8s-e2e: test-setup
-	$(PY) k8s/e2e.py $(K8S_E2E_ARGS)
+	$(PY) -m pytest k8s/tests -v -ra --tb=short $(K8S_E2E_ARGS)
 
 # The short run that `make test` includes (tests/test_k8s_local.py): up, images, apply, Ready, one round trip.
 k8s-smoke: test-setup
-	$(PY) k8s/e2e.py --smoke $(K8S_E2E_ARGS)
+	$(PY) -m pytest k8s/tests --smoke -v -ra --tb=short $(K8S_E2E_ARGS)
 
 k8s-down:
 	@scripts/k8s-local down

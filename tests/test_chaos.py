@@ -7,9 +7,13 @@ dead broker causes end in 503s, so the "503 = not confirmed" accounting is exerc
 """
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+
 import pytest
 
-from kchat_testkit import chaos
+from kchat_testkit import chaos, chaos_disrupt
 from kchat_testkit.sse import Event, Subscriber
 
 
@@ -103,3 +107,78 @@ def test_checks_catch_each_kind_of_damage(damage, words):
         rep.kills_while_posting = 0
     failures = rep.check()
     assert any(words in f for f in failures), failures
+
+
+# -- the schedule beside the load (no Kafka) --------------------------------------------------------------------
+class CountingDisruption:
+    """Every 10 ms a cycle that 'kills' something for 50 ms; records whether posting was still under way
+    when each began, and how many ended."""
+    what = "thing"
+
+    def __init__(self):
+        self.began: list[bool] = []
+        self.ended = 0
+
+    async def during(self, phase):
+        async def cycle():
+            self.began.append(not phase.posting_done.is_set())
+            phase.report.kills_while_posting += not phase.posting_done.is_set()
+            await asyncio.sleep(0.05)
+            self.ended += 1
+        await chaos_disrupt.every(0.01, phase, cycle)
+
+
+class LoadUntil:
+    """Posting that lasts until the disruption has begun three cycles (and posts nothing)."""
+    def __init__(self, rep, disruption):
+        self.report, self.disruption = rep, disruption
+        self.say = lambda text: None
+
+    async def post_all(self, session, phase):
+        while len(self.disruption.began) < 3:
+            await asyncio.sleep(0.005)
+
+
+async def test_a_disruption_runs_one_cycle_at_a_time_while_posting_and_its_last_cycle_is_awaited():
+    rep = chaos.Report(config=chaos.Config())
+    disruption = CountingDisruption()
+    phase = chaos.Phase(rep, random.Random(1), say=lambda text: None)
+    await asyncio.wait_for(chaos.under_load(LoadUntil(rep, disruption), disruption, None, phase), 30)
+    # slots that came while a cycle was under way were skipped, none began after the posting ended, and
+    # under_load returned only once the third cycle was over (what it stopped runs again)
+    assert disruption.began == [True, True, True]
+    assert disruption.ended == 3
+    assert rep.kills_while_posting == 3 and phase.posting_done.is_set()
+
+
+class SlowPodDelete(chaos_disrupt.PodDelete):
+    """PodDelete's schedule with pods that take broker_seconds to be back (no cluster)."""
+    def __init__(self, interval, broker_seconds):
+        super().__init__(kube=None, interval=interval)
+        self.broker_seconds = broker_seconds
+
+    def delete_broker(self, phase, pod):
+        while_posting = not phase.posting_done.is_set()
+        time.sleep(self.broker_seconds)
+        return {"pod": pod, "back_ready_s": self.broker_seconds, "leaders_moved": 0, "while_posting": while_posting}
+
+    def delete_kchat_pod(self, phase):
+        return {"pod": "kchat-0", "replaced_ready_s": 0.0, "while_posting": not phase.posting_done.is_set()}
+
+
+async def test_pod_delete_deletes_the_kchat_pod_while_posting_even_when_broker_pods_are_slow_to_return():
+    rep = chaos.Report(config=chaos.Config(posts=200, rate=100))  # posting lasts 2 s
+    phase = chaos.Phase(rep, random.Random(1), say=lambda text: None)
+    pods = SlowPodDelete(interval=0.1, broker_seconds=0.4)
+
+    async def post():
+        for i in range(200):
+            await asyncio.sleep(max(0.0, phase.t0 + i / 100 - time.monotonic()))
+            rep.posts.append(chaos.Post(i=i, user="u", text=f"m{i}", worker=0))
+        phase.posting_done.set()
+
+    await asyncio.wait_for(asyncio.gather(post(), pods.schedule(phase)), 30)
+    assert pods.figures["deletions"], "no broker pod was deleted"
+    assert pods.figures["kchat_pod_deleted"] is not None, "the kchat pod was never deleted"
+    # every deletion, the kchat pod's too, came while posts were going out
+    assert rep.kills_while_posting == len(pods.figures["deletions"]) + 1

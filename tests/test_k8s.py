@@ -429,7 +429,7 @@ def test_start_script_fills_in_each_pods_identity(variants, broker_config, tmp_p
 
 def test_topic_defaults_are_set_where_kraft_applies_them(broker_config):
     """The controllers create topics in KRaft: a broker's num.partitions / default.replication.factor only earn a
-    start-up warning from Kafka 4.3 (seen in the pods' logs by k8s/e2e.py) and are ignored from 5.0 on."""
+    start-up warning from Kafka 4.3 (seen in the pods' logs by k8s/tests) and are ignored from 5.0 on."""
     broker = s.read_properties(broker_config / "broker.properties")
     controller = s.read_properties(broker_config / "controller.properties")
     for key in ("num.partitions", "default.replication.factor"):
@@ -439,7 +439,7 @@ def test_topic_defaults_are_set_where_kraft_applies_them(broker_config):
 
 def test_brokers_wait_for_the_controllers_as_long_as_the_startup_probe(variants, broker_config):
     """A broker that cannot register within initial.broker.registration.timeout.ms exits ("fatal error while
-    waiting for the controller to acknowledge that we are caught up"): seen on the real cluster (k8s/e2e.py saves
+    waiting for the controller to acknowledge that we are caught up"): seen on the real cluster (k8s/tests saves
     the previous logs of restarted pods) while the controllers took two minutes to start on a busy node."""
     broker = s.read_properties(broker_config / "broker.properties")
     probe = s.container(variants["default"].get("StatefulSet", "kafka"))["startupProbe"]

@@ -1,4 +1,4 @@
-"""The deployment on a real one-node Kubernetes built here (scripts/k8s-local, k8s/e2e.py --smoke), and that
+"""The deployment on a real one-node Kubernetes built here (scripts/k8s-local, k8s/tests --smoke), and that
 `scripts/k8s-local down` leaves nothing behind, also after an `up` that failed half-way.
 
 Needs root (CI runs as root). The first run on a machine builds Kubernetes and CoreDNS from the Go module proxy
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,11 +62,13 @@ def test_down_after_a_half_failed_up_leaves_nothing(no_cluster):
 @pytest.mark.timeout(3600)  # cold: builds the images too
 def test_smoke_on_a_local_cluster(no_cluster):
     """Both images built here, k8s/overlays/local applied, every pod Ready, one chat round trip through the
-    NodePorts, and nothing left after `down` (the run's own last check)."""
+    NodePorts, and nothing left after `down` (the cluster fixture's last check). The short run of k8s/tests
+    (pytest, in a process of its own: its conftest and its cluster are not this suite's)."""
     log = ARTIFACTS / "k8s-smoke.log"
     ARTIFACTS.mkdir(exist_ok=True)
     with open(log, "w") as out:
-        rc = subprocess.run([sys.executable, str(REPO / "k8s" / "e2e.py"), "--smoke", "--deadline", "3300"],
+        rc = subprocess.run([sys.executable, "-m", "pytest", "k8s/tests", "--smoke", "--deadline", "3300",
+                             "-p", "no:cacheprovider"], cwd=REPO,
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=3500,
                             env={k: v for k, v in os.environ.items() if k != "K8S_KEEP"}).returncode
     text = log.read_text()
@@ -77,4 +80,8 @@ def test_smoke_on_a_local_cluster(no_cluster):
     for needle in ("images built here", "overlays/local applied", "brokers Ready", "kchat 2/2 Ready", ":30292",
                    "down leaves nothing behind"):
         assert any(needle in n for n in names), needle
-    assert text.rstrip().splitlines()[-1] == f"k8s-smoke: {len(names)} passed, 0 failed"
+    lines = text.rstrip().splitlines()
+    assert f"k8s-smoke: {len(names)} passed, 0 failed (test-artifacts/k8s-smoke.json)" in lines
+    # pytest's own last line: every test of the short run passed (the rest deselected), no error at tear-down
+    tests = [c for c in report["checks"] if "test" in c]
+    assert re.fullmatch(rf"=+ {len(tests)} passed, \d+ deselected(, \d+ warnings?)? in .+ =+", lines[-1]), lines[-1]
