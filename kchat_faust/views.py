@@ -9,7 +9,6 @@ import asyncio
 import functools
 import logging
 import re
-import time
 
 import orjson
 from aiohttp import web
@@ -18,6 +17,7 @@ from faust.web import Blueprint, View
 
 from . import auth, peers, rooms, scrollback, unread
 from .auth import check_author
+from .hub import now_ms
 from .kafka_io import KafkaUnavailable
 from .limits import DEFAULT_HISTORY, MAX_HISTORY
 from .models import (KeyReused, Unprocessable, ValidationError, check_idempotency_key, check_room, check_user, encode,
@@ -283,10 +283,6 @@ class SeedEvents(KchatView):
 
 
 # -- rooms: directory, trending, presence -------------------------------------------------
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @blueprint.route("/api/rooms", name="rooms")
 class Rooms(KchatView):
     async def get(self, request: web.Request) -> web.Response:

@@ -141,11 +141,6 @@ def print_leftovers(look, wait: float) -> int:
     return 1 if found else 0
 
 
-def now_ms() -> int:
-    """Wall-clock milliseconds since the epoch, as Kafka's and Kubernetes' timestamps are."""
-    return int(time.time() * 1000)
-
-
 def pid_alive(pid: int) -> bool:
     """True if pid is a live process; a zombie is not (it still has a /proc entry but serves nothing)."""
     try:
