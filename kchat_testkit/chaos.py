@@ -49,16 +49,14 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from .chaos_disrupt import Disruption, LocalBrokerKill, blocking
-from .chaos_load import Load, Phase, Stream, read_counts, send_post, stderr_say, wait_delivery
-from .chaos_report import BROKERS, ROOM, TOPIC, ChaosEvent, Config, Post, Report, leaders_line, table
+from .chaos_disrupt import Disruption, LocalBrokerKill
+from .chaos_load import Load, Phase, Stream, send_post, stderr_say
+from .chaos_report import BROKERS, ROOM, TOPIC, Config, Post, Report
 from .kafka import KafkaCluster, describe_topic, run_kafka_local
 from .worker import Worker
 
-# what callers took from this module before it was split stays importable from here
-__all__ = ["BROKERS", "ROOM", "TOPIC", "ChaosEvent", "Config", "Disruption", "Load", "LocalBrokerKill", "Phase",
-           "Post", "Report", "Run", "Stream", "leaders_line", "read_counts", "run", "send_post", "table",
-           "under_load", "wait_delivery"]
+# what callers take from this module: the run, and the parts a run of another kind (k8s/tests/) puts together
+__all__ = ["Config", "Load", "Phase", "Post", "ROOM", "Report", "Run", "Stream", "run", "send_post", "under_load"]
 
 
 async def under_load(load: Load, disruption: Disruption, session: aiohttp.ClientSession, phase: Phase) -> None:
@@ -98,30 +96,30 @@ class Run:
             stderr_say(text)
 
     async def describe(self) -> str:
-        return await blocking(describe_topic, self.cluster.bootstrap, TOPIC)
+        return await asyncio.to_thread(describe_topic, self.cluster.bootstrap, TOPIC)
 
     async def setup(self, state: Path) -> None:
         self.say(f"starting 3 controllers + {BROKERS} brokers in {state / 'kafka'}")
-        self.cluster = await blocking(lambda: KafkaCluster.start_new(state / "kafka", brokers=BROKERS))
-        await blocking(lambda: self.cluster.run("topic", TOPIC, "--partitions", "12", "--replication-factor",
+        self.cluster = await asyncio.to_thread(lambda: KafkaCluster.start_new(state / "kafka", brokers=BROKERS))
+        await asyncio.to_thread(lambda: self.cluster.run("topic", TOPIC, "--partitions", "12", "--replication-factor",
                                                 "4", "--min-insync-replicas", "2", timeout=180))
         env = {"KCHAT_REPLICATION_FACTOR": "4", "KCHAT_MIN_INSYNC_REPLICAS": "2",
                "KCHAT_PUBLISH_TIMEOUT": f"{self.cfg.publish_timeout:g}", "KCHAT_KEEPALIVE": "5"}
         self.workers = [Worker(self.cluster.bootstrap, state / f"worker{i}", env) for i in range(2)]
         self.report.worker_logs = [w.log_path for w in self.workers]
         self.say(f"starting 2 workers against {self.cluster.bootstrap}")
-        await asyncio.gather(*(blocking(w.start, 180.0) for w in self.workers))
+        await asyncio.gather(*(asyncio.to_thread(w.start, 180.0) for w in self.workers))
         self.report.describe_before = await self.describe()
 
     async def teardown(self, state: Path, load: Load | None) -> None:
         self.say("stopping the subscribers, the workers and Kafka")
         if load is not None:
             await load.stop()
-        await asyncio.gather(*(blocking(w.stop_or_kill) for w in self.workers), return_exceptions=True)
+        await asyncio.gather(*(asyncio.to_thread(w.stop_or_kill) for w in self.workers), return_exceptions=True)
         if self.cluster is not None:
-            await blocking(self.cluster.down)
+            await asyncio.to_thread(self.cluster.down)
         else:
-            await blocking(lambda: run_kafka_local("down", "--kill", state_dir=state / "kafka", check=False,
+            await asyncio.to_thread(lambda: run_kafka_local("down", "--kill", state_dir=state / "kafka", check=False,
                                                    timeout=60))
 
     async def main(self) -> Report:

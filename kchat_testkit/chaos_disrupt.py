@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Protocol
 from .chaos_load import Phase
 from .chaos_report import BROKERS, leaders_line
 from .kafka import KafkaCluster, parse_describe
-from .k8s import NS, CheckFailed, Kube, pod_state
+from .k8s import NS, CheckFailed, Kube, is_ready, pod_state
 
 WORKERS = 2  # Deployment kchat's replicas
 
@@ -49,10 +49,6 @@ async def every(interval: float, phase: Phase, cycle: Callable[[], Awaitable[Non
         k = max(k + 1, int((time.monotonic() - phase.t0) / interval) + 1)
 
 
-async def blocking(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
 class LocalBrokerKill:
     """Every interval s a random broker of a kafka-local cluster is SIGKILLed and started again down_for s
     later; `chatroom` is described during each outage and after each restart."""
@@ -73,7 +69,7 @@ class LocalBrokerKill:
             phase.log(f"  {when}: describe failed: {str(exc).splitlines()[-1][:150]}")
 
     async def kill_cycle(self, phase: Phase, broker: int) -> None:
-        await blocking(self.cluster.kill, broker)
+        await asyncio.to_thread(self.cluster.kill, broker)
         killed_at = time.monotonic()
         in_flight = not phase.posting_done.is_set()
         phase.log(f"SIGKILL broker {broker}" + ("" if in_flight else " (after the last post)"))
@@ -83,19 +79,19 @@ class LocalBrokerKill:
         await self.log_leaders(phase, "during outage")
         await asyncio.sleep(max(0.0, killed_at + self.down_for - time.monotonic()))
         began = time.monotonic()
-        await blocking(self.cluster.start, broker)
+        await asyncio.to_thread(self.cluster.start, broker)
         phase.log(f"broker {broker} serving again ({time.monotonic() - killed_at:.1f}s after the kill; "
                   f"start took {time.monotonic() - began:.1f}s)")
         await self.log_leaders(phase, "after restart ")
 
     async def all_back(self) -> bool:
-        status = await blocking(self.cluster.status)
+        status = await asyncio.to_thread(self.cluster.status)
         return all(status[b]["alive"] for b in range(BROKERS))
 
 
 async def brokers_ready(kube: Kube) -> bool:
     """Every broker pod of the cluster Ready: on Kubernetes, what "every broker runs again" means."""
-    return len((await blocking(kube.ready_pods, "app=kafka"))[1]) == BROKERS
+    return len((await asyncio.to_thread(kube.ready_pods, "app=kafka"))[1]) == BROKERS
 
 
 class PodDelete:
@@ -115,10 +111,10 @@ class PodDelete:
 
     async def during(self, phase: Phase) -> None:
         fig = self.figures
-        before = parse_describe(await blocking(self.kube.describe))
+        before = parse_describe(await asyncio.to_thread(self.kube.describe))
         fig["leaders_before"] = {p: v.leader for p, v in sorted(before.items())}
         await self.schedule(phase)
-        after = parse_describe(await blocking(self.kube.describe))
+        after = parse_describe(await asyncio.to_thread(self.kube.describe))
         fig["leaders_after"] = {p: v.leader for p, v in sorted(after.items())}
         fig["leadership_moves"] = sum(d.get("leaders_moved", 0) for d in fig["deletions"])
         fig["isr_complete_at_end"] = all(sorted(v.isr) == list(range(BROKERS)) for v in after.values())
@@ -136,7 +132,7 @@ class PodDelete:
         k = 1
         while not phase.posting_done.is_set():
             if self.kchat_due(phase):
-                d = await blocking(self.delete_kchat_pod, phase)
+                d = await asyncio.to_thread(self.delete_kchat_pod, phase)
                 self.figures["kchat_pod_deleted"] = d
                 phase.log(f"deleted {d['pod']}: 2/2 Ready again after {d['replaced_ready_s']}s")
                 phase.report.kills_while_posting += d.pop("while_posting")
@@ -149,7 +145,7 @@ class PodDelete:
                     pass
                 continue
             t = time.monotonic()
-            d = await blocking(self.delete_broker, phase, f"kafka-{phase.rng.randrange(BROKERS)}")
+            d = await asyncio.to_thread(self.delete_broker, phase, f"kafka-{phase.rng.randrange(BROKERS)}")
             self.longest = max(self.longest, time.monotonic() - t)
             self.figures["deletions"].append(d)
             phase.log(f"deleted {d['pod']}: " + (d["error"] if "error" in d else
@@ -168,8 +164,7 @@ class PodDelete:
 
             def back():
                 p = kube.kjson("get", "pod", pod, "-n", NS)
-                conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
-                return p["metadata"]["uid"] != old and conds.get("Ready") == "True", pod_state(p)
+                return p["metadata"]["uid"] != old and is_ready(p), pod_state(p)
             kube.wait(f"{pod} back Ready", back, 240, interval=1)
             d["back_ready_s"] = round(time.monotonic() - t, 1)
             after = parse_describe(kube.describe())
@@ -214,17 +209,17 @@ class RollingUpdate:
         kube, fig, cfg = self.kube, self.figures, phase.report.config
         await asyncio.sleep(min(10, cfg.posts / cfg.rate / 4))
         new = f"{self.image.rsplit(':', 1)[0]}:{self.tag}"
-        await blocking(lambda: kube.k8s_local("ctr", "images", "tag", "--force", self.image, new))
-        old = {p["metadata"]["name"] for p in (await blocking(kube.ready_pods, "app=kchat"))[1]}
+        await asyncio.to_thread(lambda: kube.k8s_local("ctr", "images", "tag", "--force", self.image, new))
+        old = {p["metadata"]["name"] for p in (await asyncio.to_thread(kube.ready_pods, "app=kchat"))[1]}
         want = f"kchat-faust:{self.tag}"
-        await blocking(lambda: kube.kubectl("set", "image", "-n", NS, "deployment/kchat", f"kchat={want}"))
+        await asyncio.to_thread(lambda: kube.kubectl("set", "image", "-n", NS, "deployment/kchat", f"kchat={want}"))
         fig["image"] = want
         t = time.monotonic()
         samples, pdb_min, replaced = [], None, 0
-        min_available = (await blocking(kube.kjson, "get", "pdb", "kchat", "-n", NS))["spec"]["minAvailable"]
+        min_available = (await asyncio.to_thread(kube.kjson, "get", "pdb", "kchat", "-n", NS))["spec"]["minAvailable"]
         while time.monotonic() - t < kube.left(600):
-            _pods, ready = await blocking(kube.ready_pods, "app=kchat")
-            pdb = (await blocking(kube.kjson, "get", "pdb", "kchat", "-n", NS))["status"]
+            _pods, ready = await asyncio.to_thread(kube.ready_pods, "app=kchat")
+            pdb = (await asyncio.to_thread(kube.kjson, "get", "pdb", "kchat", "-n", NS))["status"]
             samples.append(len(ready))
             pdb_min = min(pdb_min if pdb_min is not None else 99, pdb.get("currentHealthy", 0))
             names = {p["metadata"]["name"] for p in ready}
@@ -241,7 +236,7 @@ class RollingUpdate:
         phase.report.kills_while_posting = replaced
         phase.log(f"rollout to {want}: {replaced} old pod(s) replaced while posting, complete after "
                   f"{fig['rollout_seconds']}s, at least {fig['ready_workers_min']} worker(s) Ready throughout")
-        status = await blocking(lambda: kube.kubectl("rollout", "status", "-n", NS, "deployment/kchat",
+        status = await asyncio.to_thread(lambda: kube.kubectl("rollout", "status", "-n", NS, "deployment/kchat",
                                                      "--timeout=10s", check=False))
         if status.returncode != 0:
             self.failures.append(f"rollout not complete after {fig['rollout_seconds']}s: "
