@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import k8s_local_layout as L
 from k8s_local_client import ctr
 from k8s_local_install import cache_lock, install_packages, run_logged
-from local_common import REPO, Fail, cache_root, info, kafka_version, run
+from local_common import REPO, Fail, cache_root, info, kafka_version, project_version, run
 
 IMAGES = REPO / "k8s" / "images"
 BASE_PACKAGES = ["ca-certificates", "passwd"]
@@ -38,11 +37,6 @@ def podman(*args):
     return ["podman", "--root", str(store / "storage"), "--runroot", str(store / "run"), "--storage-driver",
             "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "/usr/bin/runc",
             *map(str, args)]
-
-
-def project_version():
-    m = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
-    return m.group(1)
 
 
 def apt_sources():

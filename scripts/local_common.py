@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def kafka_version() -> str:
         if el.tag.rsplit("}", 1)[-1] == "kafka.version" and el.text and el.text.strip():
             return el.text.strip()
     raise Fail(f"no <kafka.version> property in {POM}")
+
+
+def project_version() -> str:
+    """kchat-faust's own version, pyproject.toml's: the tag of the kchat image."""
+    m = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    if not m:
+        raise Fail(f"no version in {REPO / 'pyproject.toml'}")
+    return m.group(1)
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import random
-import re
 import tempfile
 import time
 import uuid
@@ -120,8 +119,7 @@ def sysctls(kube: Kube) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines())
 
 
-def project_version() -> str:
-    return re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+project_version = local_common.project_version
 
 
 def worker_image() -> str:

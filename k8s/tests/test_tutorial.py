@@ -14,7 +14,6 @@ The tests marked smoke are the short run (--smoke).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -28,15 +27,17 @@ import httpx
 import pytest
 
 from kchat_testkit import chaos
-from kchat_testkit.chaos_disrupt import PodDelete, RollingUpdate
+from kchat_testkit.chaos_disrupt import WORKERS, PodDelete, RollingUpdate
+from kchat_testkit.chaos_report import BROKERS
 from kchat_testkit.kafka import parse_describe
 from kchat_testkit.k8s import NS, CheckFailed
+from kchat_testkit.procs import until
 from kchat_testkit.sse import Subscriber
 
 from k8s_cluster import ARTIFACTS, LOGS, WEB, project_version, worker_image
 
 PUBLISH, SUBSCRIBE = "http://127.0.0.1:30192", "http://127.0.0.1:30292"
-BROKERS, CONTROLLERS, WORKERS = 4, 3, 2
+CONTROLLERS = 3
 PARTITIONS, REPLICATION_FACTOR = 12, 4
 FQDN = "{pod}.broker.kafka.svc.cluster.local"
 
@@ -172,16 +173,11 @@ async def test_seed_round_trip(cluster, check):
             p = chaos.Post(i=0, user=f"{cluster.run_id}-alice", text=text, worker=0)
             await chaos.send_post(session, p, PUBLISH, aiohttp.ClientTimeout(total=30))
             assert p.status == 200, f"POST {PUBLISH}/api/topics/chatroom answered {p.status}: {p.error[:200]}"
-            deadline = time.monotonic() + kube.left(30)
-            while time.monotonic() < deadline:
-                got = next((m for m in sub.events if m.text == text and m.user == p.user), None)
-                if got:
-                    check.detail = (f"POST :30192 -> 200 (event {p.event_id}); event 'test' on :30292 with data "
-                                    f"'{got.user}: {got.text}' after {got.t - p.t_sent:.2f}s")
-                    return
-                await asyncio.sleep(0.1)
-            raise CheckFailed(f"posted {p.event_id} but the :30292 stream did not deliver it within 30s "
-                              f"(received {len(sub.events)}; drops {sub.drops[:3]})")
+            got = await until(lambda: next((m for m in sub.events if m.text == text and m.user == p.user), None),
+                              kube.left(30), lambda: f"posted {p.event_id} but the :30292 stream did not deliver it "
+                              f"(received {len(sub.events)}; drops {sub.drops[:3]})", interval=0.1)
+            check.detail = (f"POST :30192 -> 200 (event {p.event_id}); event 'test' on :30292 with data "
+                            f"'{got.user}: {got.text}' after {got.t - p.t_sent:.2f}s")
         finally:
             await sub.stop()
 
